@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from airflow_flux_redux.exceptions import InvalidRequestError
+
 IMAGE_SIZE_PRESETS: tuple[str, ...] = (
     "square_hd",
     "square",
@@ -20,9 +22,7 @@ IMAGE_SIZE_PRESETS: tuple[str, ...] = (
     "landscape_16_9",
 )
 MAX_SIDE = 14142
-ImageSizePreset = Literal[
-    "square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"
-]
+ImageSizePreset = Literal["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
 OutputFormat = Literal["jpeg", "png"]
 Acceleration = Literal["none", "regular", "high"]
 
@@ -87,14 +87,6 @@ class FluxReduxRequest(BaseModel):
     def to_payload(self) -> dict[str, Any]:
         """The JSON body to submit: unset optional fields are left to the server's defaults."""
         return self.model_dump(mode="json", exclude_none=True)
-
-
-class InvalidRequestError(ValueError):
-    """A request field has a value the spec does not allow; raised before any network call."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("Invalid FLUX Redux request:\n  " + "\n  ".join(problems))
 
 
 def _short(value: Any) -> str:

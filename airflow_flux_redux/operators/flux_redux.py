@@ -1,0 +1,375 @@
+"""FluxReduxOperator: submit one FLUX.1 [schnell] Redux job and wait for it, deferred by default."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import configparser
+import mimetypes
+import os
+import re
+import time
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow.providers.common.compat.sdk import (
+    AirflowFailException,
+    BaseOperator,
+    ObjectStoragePath,
+    ResumableJobMixin,
+    conf,
+)
+
+from airflow_flux_redux.exceptions import (
+    FluxReduxError,
+    FluxReduxJobFailedError,
+    FluxReduxProtocolError,
+    FluxReduxRequestRejectedError,
+    FluxReduxSubmitUncertainError,
+    FluxReduxTimeoutError,
+)
+from airflow_flux_redux.hooks.flux_redux import FluxReduxHook, StatusReporter
+from airflow_flux_redux.links import (
+    XCOM_IMAGE_URL,
+    XCOM_REQUEST_ID,
+    XCOM_STATUS_URL,
+    FluxReduxImageLink,
+    FluxReduxRequestLink,
+)
+from airflow_flux_redux.models import FluxReduxRequest, QueueHandle, QueueState, ReduxResult, validate_request
+from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger, WaitMode
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context
+    from pydantic import JsonValue
+
+_ACTIVE = {QueueState.IN_QUEUE.value, QueueState.IN_PROGRESS.value}
+_SUCCEEDED = "SUCCEEDED"
+_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+
+
+def _default_deferrable() -> bool:
+    """``[operators] default_deferrable`` where a user set it; otherwise True, the point of this provider."""
+    if "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE" in os.environ or configparser.ConfigParser.has_option(
+        conf, "operators", "default_deferrable"
+    ):
+        return conf.getboolean("operators", "default_deferrable")
+    return True
+
+
+class FluxReduxOperator(ResumableJobMixin, BaseOperator):
+    """Make image variations of ``image_url`` with FLUX.1 [schnell] Redux on fal.ai or a fal-compatible gateway.
+
+    The request is validated before anything is sent. The request id and status URL go to XCom at once
+    and to the task's state store, so a retry reconnects to the same job instead of paying twice. The wait
+    runs in the triggerer when ``deferrable`` (the default), otherwise in the worker. Returns (XCom) a dict
+    with ``request_id``, ``images`` (url, width, height, content_type and ``path`` where saved), ``seed``,
+    ``has_nsfw_concepts``, ``timings`` and ``metrics``.
+
+    :param image_url: The input image: an http(s) URL or ``data:`` URI as is; a local path, ``file://`` URI,
+        ``ObjectStoragePath`` or other object-storage URI is read and sent as a ``data:`` URI. (templated)
+    :param image_size: A preset (square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3,
+        landscape_16_9) or ``{"width": w, "height": h}``, each 1..14142. (templated)
+    :param num_inference_steps: 1..12, default 4. (templated)
+    :param seed: Fixes the output for a given input. (templated)
+    :param sync_mode: Return images inline as data URIs instead of URLs. (templated)
+    :param num_images: 1..4, default 1. (templated)
+    :param enable_safety_checker: fal's NSFW check, default True. (templated)
+    :param output_format: ``jpeg`` or ``png``; the server's default when unset. (templated)
+    :param acceleration: ``none``, ``regular`` or ``high``; the server's default when unset. (templated)
+    :param output_path: Folder (any ``ObjectStoragePath`` location, ``file://`` included) to stream the
+        images into, as ``<request_id>_<index>.<ext>``. (templated)
+    :param flux_redux_conn_id: The ``flux_redux`` connection.
+    :param deferrable: Wait in the triggerer. Defaults to ``[operators] default_deferrable`` when set,
+        otherwise True.
+    :param poll_interval: Seconds between status polls.
+    :param timeout: The whole wait (seconds or ``timedelta``), from submit; the remote job is cancelled
+        when it passes.
+    :param cancel_on_kill: Cancel the remote job when the task is killed or marked failed while deferred.
+    :param wait_mode: How the trigger waits: ``poll``, ``stream`` or ``auto`` (stream, else poll).
+    :param max_input_bytes: Largest local input image sent as a data URI.
+    :param max_image_bytes: Largest output image downloaded.
+    """
+
+    template_fields = (
+        "image_url",
+        "image_size",
+        "num_inference_steps",
+        "seed",
+        "sync_mode",
+        "num_images",
+        "enable_safety_checker",
+        "output_format",
+        "acceleration",
+        "output_path",
+    )
+    template_fields_renderers = {"image_size": "json"}
+    operator_extra_links = (FluxReduxRequestLink(), FluxReduxImageLink())
+    ui_color = "#f2e6ff"
+    external_id_key = "flux_redux_request"
+
+    def __init__(
+        self,
+        *,
+        image_url: str | ObjectStoragePath,
+        image_size: str | dict[str, int] | None = None,
+        num_inference_steps: int = 4,
+        seed: int | None = None,
+        sync_mode: bool = False,
+        num_images: int = 1,
+        enable_safety_checker: bool = True,
+        output_format: Literal["jpeg", "png"] | None = None,
+        acceleration: Literal["none", "regular", "high"] | None = None,
+        output_path: str | ObjectStoragePath | None = None,
+        flux_redux_conn_id: str = FluxReduxHook.default_conn_name,
+        deferrable: bool | None = None,
+        poll_interval: float = 1.0,
+        timeout: float | timedelta = timedelta(hours=1),
+        cancel_on_kill: bool = True,
+        wait_mode: WaitMode = "poll",
+        max_input_bytes: int = 10 * 1024 * 1024,
+        max_image_bytes: int = 64 * 1024 * 1024,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.image_url = image_url
+        self.image_size = image_size
+        self.num_inference_steps = num_inference_steps
+        self.seed = seed
+        self.sync_mode = sync_mode
+        self.num_images = num_images
+        self.enable_safety_checker = enable_safety_checker
+        self.output_format = output_format
+        self.acceleration = acceleration
+        self.output_path = output_path
+        self.flux_redux_conn_id = flux_redux_conn_id
+        self.deferrable = _default_deferrable() if deferrable is None else deferrable
+        self.poll_interval = poll_interval
+        self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+        self.cancel_on_kill = cancel_on_kill
+        self.wait_mode = wait_mode
+        self.max_input_bytes = max_input_bytes
+        self.max_image_bytes = max_image_bytes
+        self._handle: QueueHandle | None = None
+        self._result: ReduxResult | None = None
+
+    @cached_property
+    def hook(self) -> FluxReduxHook:
+        return FluxReduxHook(flux_redux_conn_id=self.flux_redux_conn_id)
+
+    # -- building the request ------------------------------------------------------------------------------
+
+    def build_request(self) -> FluxReduxRequest:
+        """Validate every field (before any network call), reading a local input image into a data URI."""
+        return validate_request(
+            {
+                "image_url": self._input_image_url(),
+                "image_size": self.image_size,
+                "num_inference_steps": self.num_inference_steps,
+                "seed": self.seed,
+                "sync_mode": self.sync_mode,
+                "num_images": self.num_images,
+                "enable_safety_checker": self.enable_safety_checker,
+                "output_format": self.output_format,
+                "acceleration": self.acceleration,
+            }
+        )
+
+    def _input_image_url(self) -> str:
+        value = self.image_url
+        if isinstance(value, str):
+            text = value.strip()
+            scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+            if scheme in ("http", "https") or text[:5].lower() == "data:" or not text:
+                return text
+            path = ObjectStoragePath(text) if scheme else ObjectStoragePath(f"file://{os.path.abspath(text)}")
+        else:
+            path = value
+        return _data_uri(path, self.max_input_bytes)
+
+    # -- ResumableJobMixin: submit once, reconnect on retry ------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        self.build_request()
+        return self.execute_resumable(context)
+
+    def submit_job(self, context: Context) -> JsonValue:
+        request = self.build_request()
+        try:
+            handle = self.hook.submit(request)
+        except FluxReduxSubmitUncertainError as err:
+            # A task retry would submit again and could pay twice: fail without retries, say what to check.
+            raise AirflowFailException(str(err)) from err
+        self.log.info("Submitted fal request %s (queue position %s)", handle.request_id, handle.queue_position)
+        ti = context["ti"]
+        ti.xcom_push(key=XCOM_REQUEST_ID, value=handle.request_id)
+        ti.xcom_push(key=XCOM_STATUS_URL, value=handle.status_url)
+        self._handle = handle
+        return {**handle.model_dump(mode="json"), "deadline": time.time() + self.timeout}
+
+    def get_job_status(self, external_id: JsonValue, context: Context) -> str:
+        handle = _handle(external_id)
+        self._handle = handle
+        try:
+            status = self.hook.status(handle, logs=False)
+        except FluxReduxRequestRejectedError as err:
+            self.log.warning("Stored request %s cannot be read (%s); submitting anew.", handle.request_id, err)
+            return "UNKNOWN"
+        if status.status is QueueState.COMPLETED:
+            return "FAILED" if status.failed else _SUCCEEDED
+        return status.status.value
+
+    def is_job_active(self, status: str) -> bool:
+        return status in _ACTIVE
+
+    def is_job_succeeded(self, status: str) -> bool:
+        return status == _SUCCEEDED
+
+    def poll_until_complete(self, external_id: JsonValue, context: Context) -> None:
+        handle = _handle(external_id)
+        self._handle = handle
+        deadline = float(external_id.get("deadline") or time.time() + self.timeout)  # type: ignore[union-attr]
+        if self.deferrable:
+            self.defer(
+                trigger=FluxReduxTrigger(
+                    request_id=handle.request_id,
+                    status_url=handle.status_url,
+                    response_url=handle.response_url,
+                    cancel_url=handle.cancel_url,
+                    deadline=deadline,
+                    flux_redux_conn_id=self.flux_redux_conn_id,
+                    poll_interval=self.poll_interval,
+                    wait_mode=self.wait_mode,
+                    cancel_on_kill=self.cancel_on_kill,
+                ),
+                method_name="execute_complete",
+                timeout=None,
+            )
+        report = StatusReporter(self.log, handle.request_id)
+        self._result = self.hook.wait(handle, poll_interval=self.poll_interval, deadline=deadline, on_status=report)
+
+    def get_job_result(self, external_id: JsonValue, context: Context) -> dict[str, Any]:
+        handle = _handle(external_id)
+        result = self._result or self.hook.result(handle)
+        return self._finish(context, handle, result, metrics={})
+
+    # -- resuming from the trigger -------------------------------------------------------------------------
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume from the trigger's event (which carries everything: ``dags test`` drops defer kwargs)."""
+        if not isinstance(event, dict) or "request_id" not in event or "status" not in event:
+            raise FluxReduxProtocolError(f"The trigger sent an event this operator does not understand: {event!r}")
+        handle = _handle(event)
+        self._handle = handle
+        status = event["status"]
+        if status == "timeout":
+            raise FluxReduxTimeoutError(event["message"], request_id=handle.request_id)
+        if status in ("failed", "cancelled"):
+            raise FluxReduxJobFailedError(event["message"], error_type=event.get("error_type"))
+        if status != "success":
+            raise FluxReduxError(event.get("message") or f"wait ended with {status}", request_id=handle.request_id)
+        payload = event.get("result")
+        result = ReduxResult.model_validate(payload) if payload else self.hook.result(handle)
+        return self._finish(context, handle, result, metrics=event.get("metrics") or {})
+
+    def _finish(
+        self, context: Context, handle: QueueHandle, result: ReduxResult, *, metrics: dict[str, Any]
+    ) -> dict[str, Any]:
+        images = [self._save(handle.request_id, index, image.url) for index, image in enumerate(result.images)]
+        output = {
+            "request_id": handle.request_id,
+            "images": [
+                {
+                    "url": None if image.url.startswith("data:") else image.url,
+                    "width": image.width,
+                    "height": image.height,
+                    "content_type": image.content_type,
+                    "path": path,
+                }
+                for image, path in zip(result.images, images, strict=True)
+            ],
+            "seed": result.seed,
+            "has_nsfw_concepts": result.has_nsfw_concepts,
+            "timings": result.timings,
+            "metrics": metrics,
+        }
+        first = output["images"][0] if output["images"] else None
+        if first is not None and (first["url"] or first["path"]):
+            context["ti"].xcom_push(key=XCOM_IMAGE_URL, value=first["url"] or first["path"])
+        self._forget_request(context)
+        self.log.info(
+            "Request %s done: %d image(s)%s",
+            handle.request_id,
+            len(images),
+            f" saved under {self.output_path}" if self.output_path else "",
+        )
+        return output
+
+    def _save(self, request_id: str, index: int, url: str) -> str | None:
+        """Stream one image to ``output_path`` under a name we build (never the server's), if asked to."""
+        if not self.output_path:
+            return None
+        folder = ObjectStoragePath(str(self.output_path))
+        folder.mkdir(parents=True, exist_ok=True)
+        safe_id = re.sub(r"[^A-Za-z0-9_-]", "_", request_id)[:100]
+        if url.startswith("data:"):
+            content_type, data = _decode_data_uri(url)
+            target = folder / f"{safe_id}_{index}.{_EXTENSIONS.get(content_type, 'bin')}"
+            with target.open("wb") as sink:
+                sink.write(data)
+            return str(target)
+        partial = folder / f"{safe_id}_{index}.part"
+        with partial.open("wb") as sink:
+            download = self.hook.download(url, sink, max_bytes=self.max_image_bytes)
+        target = folder / f"{safe_id}_{index}.{_EXTENSIONS.get(download.content_type, 'bin')}"
+        partial.rename(target)
+        return str(target)
+
+    def _forget_request(self, context: Context) -> None:
+        """A finished request must not be 'reconnected' by a later clear-and-rerun: drop it from the store."""
+        store = context.get("task_state_store")  # type: ignore[call-overload]
+        if store is not None:
+            try:
+                store.delete(self.external_id_key)
+            except Exception as err:
+                self.log.debug("Could not clear the stored request id: %s", err)
+
+    def on_kill(self) -> None:
+        """Cancel the remote job when the worker kills the task mid-wait (non-deferrable mode)."""
+        if self._handle is not None and self.cancel_on_kill:
+            try:
+                outcome = self.hook.cancel(self._handle)
+            except FluxReduxError as err:
+                self.log.warning("Could not cancel %s: %s", self._handle.request_id, err)
+                return
+            self.log.info("Cancelled fal request %s: %s", self._handle.request_id, outcome)
+
+
+def _handle(data: Any) -> QueueHandle:
+    return QueueHandle.model_validate(data)
+
+
+def _data_uri(path: Any, max_bytes: int) -> str:
+    """Read a local or object-storage image into a data URI, refusing anything over ``max_bytes``."""
+    if not path.exists():
+        raise FluxReduxError(f"image_url: the file {path} does not exist")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise FluxReduxError(
+            f"image_url: {path} is {size} bytes; images sent inline may be at most {max_bytes} bytes "
+            "(max_input_bytes). Upload it somewhere and pass its https URL instead."
+        )
+    content_type = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+    with path.open("rb") as source:
+        data = source.read(max_bytes + 1)
+    return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _decode_data_uri(url: str) -> tuple[str, bytes]:
+    header, _, data = url.partition(",")
+    content_type = header[5:].split(";")[0] or "application/octet-stream"
+    try:
+        return content_type, base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        raise FluxReduxProtocolError("an image came back as a data URI that is not base64") from None

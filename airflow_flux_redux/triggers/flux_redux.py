@@ -1,0 +1,252 @@
+"""FluxReduxTrigger: waits for a queued Redux job in the triggerer, so no worker slot is held."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_flux_redux.exceptions import (
+    FluxReduxCancelledError,
+    FluxReduxError,
+    FluxReduxJobFailedError,
+    FluxReduxProtocolError,
+    FluxReduxTimeoutError,
+    FluxReduxTransportError,
+)
+from airflow_flux_redux.hooks.flux_redux import (
+    FluxReduxAsyncHook,
+    PollSchedule,
+    StatusReporter,
+    StreamUnsupportedError,
+    raise_if_failed,
+)
+from airflow_flux_redux.models import QueueHandle, QueueState, QueueStatus
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+WaitMode = Literal["poll", "stream", "auto"]
+EventStatus = Literal["success", "failed", "cancelled", "timeout", "error"]
+# A result this large stays out of the event (it is stored in the metadata DB); the worker fetches it.
+MAX_EVENT_RESULT_BYTES = 64 * 1024
+
+
+def event_payload(
+    status: EventStatus,
+    handle: QueueHandle,
+    message: str,
+    *,
+    error_type: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    result: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The one shape of every event: all the resume needs, since ``airflow dags test`` drops defer kwargs."""
+    return {
+        "status": status,
+        "request_id": handle.request_id,
+        "status_url": handle.status_url,
+        "response_url": handle.response_url,
+        "cancel_url": handle.cancel_url,
+        "message": message,
+        "error_type": error_type,
+        "metrics": metrics or {},
+        "result": result,
+    }
+
+
+class FluxReduxTrigger(BaseTrigger):
+    """Wait for one fal queue request to finish and fire exactly one event.
+
+    Its kwargs are JSON primitives with no secret (they are stored in plain text); the key is read from
+    the connection inside the triggerer. Re-created after a triggerer restart, it resumes the same request
+    with the same absolute deadline.
+
+    :param request_id: The fal request id.
+    :param status_url: The status URL submit returned.
+    :param response_url: The result URL submit returned.
+    :param cancel_url: The cancel URL submit returned.
+    :param deadline: Absolute wall-clock deadline (epoch seconds); the job is cancelled when it passes.
+    :param flux_redux_conn_id: The Airflow connection to use.
+    :param poll_interval: Seconds between status polls (adaptive around this value).
+    :param wait_mode: ``poll``, ``stream`` (Server-Sent Events) or ``auto`` (stream, falling back to polling).
+    :param forward_logs: Log queue position changes and fal's log lines (they show in the task log).
+    :param cancel_on_kill: Cancel the remote job when a user marks the deferred task failed/success or clears it.
+    :param max_consecutive_errors: Transient failures (after the hook's own retries) tolerated in a row.
+    """
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        status_url: str,
+        response_url: str,
+        cancel_url: str,
+        deadline: float,
+        flux_redux_conn_id: str = "flux_redux_default",
+        poll_interval: float = 1.0,
+        wait_mode: WaitMode = "poll",
+        forward_logs: bool = True,
+        cancel_on_kill: bool = True,
+        max_consecutive_errors: int = 5,
+    ) -> None:
+        super().__init__()
+        self.request_id = request_id
+        self.status_url = status_url
+        self.response_url = response_url
+        self.cancel_url = cancel_url
+        self.deadline = float(deadline)
+        self.flux_redux_conn_id = flux_redux_conn_id
+        self.poll_interval = float(poll_interval)
+        self.wait_mode: WaitMode = wait_mode
+        self.forward_logs = forward_logs
+        self.cancel_on_kill = cancel_on_kill
+        self.max_consecutive_errors = max_consecutive_errors
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "request_id": self.request_id,
+                "status_url": self.status_url,
+                "response_url": self.response_url,
+                "cancel_url": self.cancel_url,
+                "deadline": self.deadline,
+                "flux_redux_conn_id": self.flux_redux_conn_id,
+                "poll_interval": self.poll_interval,
+                "wait_mode": self.wait_mode,
+                "forward_logs": self.forward_logs,
+                "cancel_on_kill": self.cancel_on_kill,
+                "max_consecutive_errors": self.max_consecutive_errors,
+            },
+        )
+
+    @property
+    def handle(self) -> QueueHandle:
+        return QueueHandle(
+            request_id=self.request_id,
+            status_url=self.status_url,
+            response_url=self.response_url,
+            cancel_url=self.cancel_url,
+        )
+
+    def _hook(self) -> FluxReduxAsyncHook:
+        return FluxReduxAsyncHook(flux_redux_conn_id=self.flux_redux_conn_id)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        handle = self.handle
+        hook = self._hook()
+        try:
+            final = await asyncio.wait_for(self._until_completed(hook, handle), self.deadline - time.time())
+        except TimeoutError:
+            yield TriggerEvent(await self._expire(hook, handle))
+            return
+        except FluxReduxError as err:
+            yield TriggerEvent(event_payload("error", handle, str(err)))
+            return
+        yield TriggerEvent(await self._finish(hook, handle, final))
+
+    async def _until_completed(self, hook: FluxReduxAsyncHook, handle: QueueHandle) -> QueueStatus:
+        """The COMPLETED status, by stream or by polling; transient failures tolerated up to a bound."""
+        report = StatusReporter(self.log, handle.request_id, forward_logs=self.forward_logs)
+        errors = 0
+        use_stream = self.wait_mode in ("stream", "auto")
+        schedule = PollSchedule(self.poll_interval)
+        while True:
+            try:
+                if use_stream:
+                    async for status in hook.stream(handle, logs=self.forward_logs):
+                        errors = 0
+                        report(status)
+                        if status.status is QueueState.COMPLETED:
+                            return status
+                    raise FluxReduxProtocolError("status stream closed before COMPLETED", request_id=handle.request_id)
+                status = await hook.status(handle, logs=self.forward_logs)
+                errors = 0
+                report(status)
+                if status.status is QueueState.COMPLETED:
+                    return status
+                await asyncio.sleep(schedule.next_delay(status))
+            except StreamUnsupportedError:
+                if self.wait_mode == "stream":
+                    raise
+                self.log.info("The server does not serve the status stream; polling instead.")
+                use_stream = False
+            except (FluxReduxTransportError, FluxReduxProtocolError) as err:
+                errors += 1
+                if errors > self.max_consecutive_errors:
+                    raise
+                self.log.warning(
+                    "Waiting on %s: %s (%d of %d tolerated)",
+                    handle.request_id,
+                    err,
+                    errors,
+                    self.max_consecutive_errors,
+                )
+                await asyncio.sleep(min(30.0, self.poll_interval * 2**errors))
+
+    async def _finish(self, hook: FluxReduxAsyncHook, handle: QueueHandle, final: QueueStatus) -> dict[str, Any]:
+        """Turn the COMPLETED status into the event; fetch the result now, since it may expire in minutes."""
+        try:
+            raise_if_failed(final, handle.request_id)
+            result = await hook.result(handle)
+        except FluxReduxCancelledError as err:
+            return event_payload("cancelled", handle, str(err), error_type=err.error_type, metrics=final.metrics)
+        except FluxReduxJobFailedError as err:
+            return event_payload("failed", handle, str(err), error_type=err.error_type, metrics=final.metrics)
+        except FluxReduxError as err:
+            return event_payload("error", handle, str(err), metrics=final.metrics)
+        body = result.model_dump(mode="json")
+        fits = len(json.dumps(body)) <= MAX_EVENT_RESULT_BYTES
+        message = f"Request {handle.request_id} completed with {len(result.images)} image(s)."
+        return event_payload("success", handle, message, metrics=final.metrics, result=body if fits else None)
+
+    async def _expire(self, hook: FluxReduxAsyncHook, handle: QueueHandle) -> dict[str, Any]:
+        try:
+            outcome = await hook.cancel(handle)
+        except FluxReduxError as err:
+            outcome = f"cancel failed: {err}"
+        error = FluxReduxTimeoutError(
+            f"The job did not complete before the deadline; the remote job was asked to cancel ({outcome}).",
+            request_id=handle.request_id,
+        )
+        self.log.warning("%s", error)
+        return event_payload("timeout", handle, str(error))
+
+    async def on_kill(self) -> None:
+        """Cancel the remote job when a user really stopped the task (not when a stale triggerer woke up)."""
+        if not self.cancel_on_kill:
+            return
+        if not await self._task_left_deferred():
+            self.log.info("Task %s is still deferred elsewhere; not cancelling %s.", self.task_id, self.request_id)
+            return
+        try:
+            outcome = await self._hook().cancel(self.handle)
+        except FluxReduxError as err:
+            self.log.warning("Could not cancel %s: %s", self.request_id, err)
+            return
+        self.log.info("Cancelled fal request %s on task kill: %s", self.request_id, outcome)
+
+    async def _task_left_deferred(self) -> bool:
+        """True unless the task instance is still ``deferred`` (then another triggerer runs this trigger)."""
+        ti = self.task_instance
+        if ti is None:
+            return True
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+        from asgiref.sync import sync_to_async
+
+        map_index = getattr(ti, "map_index", -1)
+        map_index = -1 if map_index is None else map_index
+        try:
+            states = await sync_to_async(RuntimeTaskInstance.get_task_states)(
+                dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=map_index
+            )
+        except Exception as err:
+            self.log.warning("Could not read the task's state (%s); not cancelling %s.", err, self.request_id)
+            return False
+        key = f"{ti.task_id}_{map_index}" if map_index >= 0 else ti.task_id
+        state = states.get(ti.run_id, {}).get(key)
+        return str(getattr(state, "value", state)) != "deferred"
