@@ -7,6 +7,7 @@ trigger compose these calls; they never build URLs or parse JSON themselves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -432,10 +433,12 @@ class _FluxReduxHookBase(BaseHook):
         self._settings = settings
         return settings
 
-    def _submit_request(self, request: FluxReduxRequest | dict[str, Any], webhook_url: str | None) -> dict[str, Any]:
+    @staticmethod
+    def _submit_request(
+        settings: FluxReduxSettings, request: FluxReduxRequest | dict[str, Any], webhook_url: str | None
+    ) -> dict[str, Any]:
         """Validate (before any network call) and shape the submit call."""
         payload = validate_request(request).to_payload()
-        settings = self._require_settings()
         params = {"fal_webhook": webhook_url} if webhook_url else None
         return {"json": payload, "params": params, "headers": dict(settings.headers)}
 
@@ -514,8 +517,10 @@ class FluxReduxHook(_FluxReduxHookBase):
 
     def submit(self, request: FluxReduxRequest | dict[str, Any], *, webhook_url: str | None = None) -> QueueHandle:
         """Queue one job; at most once (see the module's retry policy). Returns the handle to follow."""
-        call = self._submit_request(request, webhook_url)
-        response = self._call("submit", "POST", self.settings.submit_url, None, **call)
+        validate_request(request)
+        settings = self.settings
+        call = self._submit_request(settings, request, webhook_url)
+        response = self._call("submit", "POST", settings.submit_url, None, **call)
         return _model(QueueHandle, response, "submit", None)
 
     def status(self, handle: QueueHandle, *, logs: bool = True) -> QueueStatus:
@@ -574,8 +579,15 @@ class FluxReduxHook(_FluxReduxHookBase):
             raise FluxReduxTransportError(f"download of {httpx.URL(url).host} image failed: {err}") from None
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check key and host without submitting a billable job (a cancel of a request id that cannot exist)."""
-        return _connection_verdict(lambda: self.cancel(_probe_handle(self.settings)))
+        """Check key and host without a billable job: cancel a request id that cannot exist, no retries."""
+        try:
+            settings = self._use_settings(dataclasses.replace(self.settings, max_retries=0))
+            outcome = self.cancel(_probe_handle(settings))
+        except FluxReduxAuthError as err:
+            return False, f"The key was refused: {err}"
+        except FluxReduxError as err:
+            return False, str(err)
+        return True, f"Connected to {settings.base_url}: the queue answered ({outcome}) and accepted the key."
 
 
 class FluxReduxAsyncHook(_FluxReduxHookBase):
@@ -616,8 +628,9 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
     async def submit(
         self, request: FluxReduxRequest | dict[str, Any], *, webhook_url: str | None = None
     ) -> QueueHandle:
+        validate_request(request)
         settings = await self.aget_settings()
-        call = self._submit_request(request, webhook_url)
+        call = self._submit_request(settings, request, webhook_url)
         response = await self._call("submit", "POST", settings.submit_url, None, **call)
         return _model(QueueHandle, response, "submit", None)
 
@@ -699,13 +712,6 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
                     request_id=handle.request_id,
                 )
             await asyncio.sleep(delay)
-
-    async def test_connection_async(self) -> tuple[bool, str]:
-        try:
-            outcome = await self.cancel(_probe_handle(await self.aget_settings()))
-        except FluxReduxError as err:
-            return False, str(err)
-        return _probe_verdict(outcome)
 
 
 class StreamUnsupportedError(FluxReduxError):
@@ -820,20 +826,6 @@ def _probe_handle(settings: FluxReduxSettings) -> QueueHandle:
     return QueueHandle(
         request_id=_PROBE_ID, status_url=f"{base}/status", response_url=base, cancel_url=f"{base}/cancel"
     )
-
-
-def _probe_verdict(outcome: str) -> tuple[bool, str]:
-    return True, f"Connected: the queue answered ({outcome}) and accepted the key."
-
-
-def _connection_verdict(probe: Callable[[], str]) -> tuple[bool, str]:
-    try:
-        outcome = probe()
-    except FluxReduxAuthError as err:
-        return False, f"The key was refused: {err}"
-    except FluxReduxError as err:
-        return False, str(err)
-    return _probe_verdict(outcome)
 
 
 class StatusReporter:

@@ -221,7 +221,7 @@ class FluxReduxTrigger(BaseTrigger):
         if not self.cancel_on_kill:
             return
         if not await self._task_left_deferred():
-            self.log.info("Task %s is still deferred elsewhere; not cancelling %s.", self.task_id, self.request_id)
+            self.log.info("The task is still deferred elsewhere; not cancelling %s.", self.request_id)
             return
         try:
             outcome = await self._hook().cancel(self.handle)

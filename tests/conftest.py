@@ -1,0 +1,79 @@
+"""Shared fixtures: a real emulator on loopback and an Airflow connection pointing at it."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+# Airflow reads its home at import time: give the test session its own before anything imports it.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="flux-redux-airflow-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "false")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "true")
+
+from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer  # noqa: E402
+
+API_KEY = "test-key-0123456789abcdef-SECRET"
+
+
+def png_data_uri(width: int = 64, height: int = 48) -> str:
+    """A small gradient image as a data: URI, so no test needs the internet."""
+    from PIL import Image
+
+    image = Image.new("RGB", (width, height))
+    image.putdata([(x * 4 % 256, y * 5 % 256, (x + y) % 256) for y in range(height) for x in range(width)])
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="session")
+def emulator_session() -> Iterator[EmulatorServer]:
+    server = EmulatorServer(EmulatorConfig(key=API_KEY, queue_seconds=0.05, run_seconds=0.2, log_lines=3))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def emulator(emulator_session: EmulatorServer) -> Iterator[EmulatorServer]:
+    """The session's emulator, reset (jobs, counters, faults, timings) for each test."""
+    emulator_session.reset()
+    emulator_session.configure(queue_seconds=0.05, run_seconds=0.2, log_lines=3, result_ttl=3600)
+    yield emulator_session
+    emulator_session.reset()
+
+
+def connection_json(url: str, **extra: Any) -> str:
+    settings = {"max_retries": 3, "retry_initial_wait": 0.01, "retry_max_wait": 0.2, "timeout": 5, **extra}
+    return json.dumps({"conn_type": "flux_redux", "host": url, "password": API_KEY, "extra": settings})
+
+
+@pytest.fixture
+def flux_conn(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
+    """``flux_redux_default`` pointing at the emulator, with fast retries."""
+    monkeypatch.setenv("AIRFLOW_CONN_FLUX_REDUX_DEFAULT", connection_json(emulator.url))
+    monkeypatch.delenv("FAL_KEY", raising=False)
+    return emulator
+
+
+@pytest.fixture
+def image_uri() -> str:
+    return png_data_uri()
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]):
+    """Everything logged so far, wherever Airflow's logging sent it (stdlib records or structlog output)."""
+    caplog.set_level("DEBUG")
+
+    def read() -> str:
+        captured = capfd.readouterr()
+        return caplog.text + captured.out + captured.err
+
+    return read

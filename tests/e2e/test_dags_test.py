@@ -1,0 +1,123 @@
+"""The example DAGs through real Airflow (``airflow dags test``) against the emulator.
+
+``dags test`` runs the trigger inline after a real serde round trip, and drops the kwargs given to
+``defer()``: these runs prove the event alone is enough to resume.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import API_KEY, connection_json
+
+pytestmark = pytest.mark.airflow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A migrated Airflow home (SQLite) with the example DAGs, shared by the session's DAG runs."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags_examples"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "false",
+    }
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    return env
+
+
+def dags_test(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def write_inputs(folder: Path, count: int) -> list[Path]:
+    from airflow_flux_redux.emulator.images import sample_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"input-{index}.png"
+        path.write_bytes(sample_image(96 + 16 * index, 64))
+        paths.append(path)
+    return paths
+
+
+def test_example_a_writes_images(airflow_home, flux_conn, tmp_path) -> None:
+    (source,) = write_inputs(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    env = {
+        **airflow_home,
+        "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": connection_json(flux_conn.url),
+        "FLUX_REDUX_EXAMPLE_IMAGE": str(source),
+        "FLUX_REDUX_EXAMPLE_OUTPUT": str(out),
+    }
+    run = dags_test(env, "example_flux_redux")
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    images = sorted(out.rglob("*.png"))
+    assert len(images) == 2, log[-4000:]
+    from PIL import Image
+
+    assert Image.open(images[0]).size == (512, 512)
+    assert flux_conn.stats()["submissions"] == 1
+    assert "queue position" in log and "fal: " in log
+    assert API_KEY not in log
+
+
+def test_example_b_maps_over_inputs_under_a_dated_path(airflow_home, flux_conn, tmp_path) -> None:
+    sources = write_inputs(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    env = {
+        **airflow_home,
+        "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": connection_json(flux_conn.url),
+        "FLUX_REDUX_DAILY_IMAGES": ",".join(map(str, sources)),
+        "FLUX_REDUX_EXAMPLE_OUTPUT": str(out),
+    }
+    run = dags_test(env, "example_flux_redux_daily", "2026-11-01")
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    dated = out / "daily" / "2026-11-01"
+    assert len(list(dated.glob("*.jpg"))) == 3, log[-4000:]
+    assert flux_conn.stats()["submissions"] == 3
+
+
+def test_failed_job_fails_the_task_with_fal_error(airflow_home, flux_conn, tmp_path) -> None:
+    (source,) = write_inputs(tmp_path / "in", 1)
+    flux_conn.set_faults([{"route": "submit", "kind": "fail_job"}])
+    env = {
+        **airflow_home,
+        "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": connection_json(flux_conn.url),
+        "FLUX_REDUX_EXAMPLE_IMAGE": str(source),
+        "FLUX_REDUX_EXAMPLE_OUTPUT": str(tmp_path / "out"),
+    }
+    run = dags_test(env, "example_flux_redux")
+    log = run.stdout + run.stderr
+    assert "content_policy_violation" in log, log[-4000:]
+    assert not list((tmp_path / "out").rglob("*.png"))
+
+
+def test_invalid_input_fails_before_submit(airflow_home, flux_conn, tmp_path) -> None:
+    env = {
+        **airflow_home,
+        "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": connection_json(flux_conn.url),
+        "FLUX_REDUX_EXAMPLE_IMAGE": str(tmp_path / "missing.png"),
+        "FLUX_REDUX_EXAMPLE_OUTPUT": str(tmp_path / "out"),
+    }
+    run = dags_test(env, "example_flux_redux")
+    log = run.stdout + run.stderr
+    assert "image_url: the file" in log and "does not exist" in log, log[-4000:]
+    assert flux_conn.stats()["requests_by_route"].get("submit", 0) == 0

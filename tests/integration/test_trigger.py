@@ -1,0 +1,144 @@
+"""FluxReduxTrigger in an event loop against the emulator: one terminal event for every outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from airflow_flux_redux.hooks.flux_redux import ASYNC_CLIENTS, FluxReduxHook
+from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger
+from tests.conftest import API_KEY
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients():
+    yield
+    await ASYNC_CLIENTS.aclose()
+
+
+def make_trigger(image_uri: str, *, deadline_in: float = 30, **kwargs) -> FluxReduxTrigger:
+    handle = FluxReduxHook().submit({"image_url": image_uri})
+    return FluxReduxTrigger(
+        request_id=handle.request_id,
+        status_url=handle.status_url,
+        response_url=handle.response_url,
+        cancel_url=handle.cancel_url,
+        deadline=time.time() + deadline_in,
+        poll_interval=0.05,
+        **kwargs,
+    )
+
+
+async def events(trigger: FluxReduxTrigger) -> list[dict]:
+    return [event.payload async for event in trigger.run()]
+
+
+async def test_success_event_carries_everything_the_resume_needs(flux_conn, image_uri, logs) -> None:
+    trigger = make_trigger(image_uri)
+    (event,) = await events(trigger)
+    assert event["status"] == "success"
+    assert event["request_id"] == trigger.request_id and event["response_url"] == trigger.response_url
+    assert len(event["result"]["images"]) == 1 and "inference_time" in event["metrics"]
+    text = logs()
+    assert "queue position" in text and "fal: " in text and API_KEY not in text
+    assert flux_conn.stats()["submissions"] == 1
+
+
+async def test_serialized_kwargs_are_json_primitives_without_the_key(flux_conn, image_uri) -> None:
+    trigger = make_trigger(image_uri)
+    classpath, kwargs = trigger.serialize()
+    text = json.dumps(kwargs)
+    assert API_KEY not in text
+    assert classpath == "airflow_flux_redux.triggers.flux_redux.FluxReduxTrigger"
+    (event,) = await events(FluxReduxTrigger(**json.loads(text)))
+    assert event["status"] == "success"
+
+
+async def test_restarted_trigger_resumes_the_same_request(flux_conn, image_uri) -> None:
+    flux_conn.configure(run_seconds=0.6)
+    trigger = make_trigger(image_uri)
+    first = asyncio.ensure_future(events(trigger))
+    await asyncio.sleep(0.2)
+    first.cancel()
+    _, kwargs = trigger.serialize()
+    (event,) = await events(FluxReduxTrigger(**kwargs))
+    assert event["status"] == "success" and event["request_id"] == trigger.request_id
+    assert flux_conn.stats()["submissions"] == 1
+
+
+async def test_deadline_cancels_the_remote_job(flux_conn, image_uri) -> None:
+    flux_conn.configure(queue_seconds=10)
+    trigger = make_trigger(image_uri, deadline_in=0.3)
+    (event,) = await events(trigger)
+    assert event["status"] == "timeout" and "deadline" in event["message"]
+    assert flux_conn.stats()["requests"][trigger.request_id]["cancelled"]
+
+
+async def test_deadline_already_passed_after_restart_is_kept(flux_conn, image_uri) -> None:
+    flux_conn.configure(queue_seconds=10)
+    trigger = make_trigger(image_uri, deadline_in=-1)
+    (event,) = await events(trigger)
+    assert event["status"] == "timeout"
+
+
+async def test_failed_job_is_a_failed_event_with_fal_error_type(flux_conn, image_uri) -> None:
+    flux_conn.set_faults([{"route": "submit", "kind": "fail_job"}])
+    (event,) = await events(make_trigger(image_uri))
+    assert event["status"] == "failed" and event["error_type"] == "content_policy_violation"
+
+
+async def test_transient_errors_are_tolerated(flux_conn, image_uri) -> None:
+    flux_conn.set_faults([{"route": "status", "kind": "status", "code": 503, "times": 6}])
+    (event,) = await events(make_trigger(image_uri))
+    assert event["status"] == "success"
+
+
+async def test_too_many_errors_end_in_one_error_event(flux_conn, image_uri) -> None:
+    flux_conn.set_faults([{"route": "status", "kind": "malformed", "times": -1}])
+    (event,) = await events(make_trigger(image_uri, max_consecutive_errors=1))
+    assert event["status"] == "error" and "not" in event["message"] and trigger_id_in(event)
+
+
+def trigger_id_in(event: dict) -> bool:
+    return event["request_id"] in event["message"]
+
+
+@pytest.mark.parametrize("mode", ["stream", "auto"])
+async def test_stream_mode(flux_conn, image_uri, mode) -> None:
+    (event,) = await events(make_trigger(image_uri, wait_mode=mode))
+    assert event["status"] == "success"
+    stats = flux_conn.stats()
+    assert stats["requests_by_route"].get("stream", 0) >= 1
+
+
+async def test_auto_falls_back_to_polling_when_no_stream(flux_conn, image_uri) -> None:
+    flux_conn.set_faults([{"route": "stream", "kind": "status", "code": 404, "times": -1}])
+    (event,) = await events(make_trigger(image_uri, wait_mode="auto"))
+    assert event["status"] == "success"
+    assert flux_conn.stats()["requests_by_route"]["status"] >= 1
+
+
+async def test_on_kill_cancels_when_the_task_left_deferred(flux_conn, image_uri, monkeypatch) -> None:
+    flux_conn.configure(queue_seconds=10)
+    trigger = make_trigger(image_uri)
+    await trigger.on_kill()
+    assert flux_conn.stats()["requests"][trigger.request_id]["cancelled"]
+
+
+@pytest.mark.parametrize(("state", "cancelled"), [("deferred", False), ("failed", True), (None, True)])
+async def test_on_kill_checks_the_real_task_state(flux_conn, image_uri, monkeypatch, state, cancelled) -> None:
+    """A stale triggerer's on_kill must not cancel a job the task still waits on elsewhere."""
+    from airflow.sdk.execution_time import task_runner
+
+    flux_conn.configure(queue_seconds=10)
+    trigger = make_trigger(image_uri)
+    trigger.task_instance = SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=-1)
+    monkeypatch.setattr(
+        task_runner.RuntimeTaskInstance, "get_task_states", staticmethod(lambda **kw: {"r": {"t": state}})
+    )
+    await trigger.on_kill()
+    assert flux_conn.stats()["requests"][trigger.request_id]["cancelled"] is cancelled
