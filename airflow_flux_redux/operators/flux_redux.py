@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import configparser
 import mimetypes
 import os
 import re
@@ -46,14 +45,17 @@ if TYPE_CHECKING:
 
 _ACTIVE = {QueueState.IN_QUEUE.value, QueueState.IN_PROGRESS.value}
 _SUCCEEDED = "SUCCEEDED"
+_HANDLE_FIELDS = ("request_id", "status_url", "response_url", "cancel_url")
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 
 
 def _default_deferrable() -> bool:
-    """``[operators] default_deferrable`` where a user set it; otherwise True, the point of this provider."""
-    if "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE" in os.environ or configparser.ConfigParser.has_option(
-        conf, "operators", "default_deferrable"
-    ):
+    """True, unless ``[operators] default_deferrable`` is set in the environment.
+
+    Airflow writes ``default_deferrable = false`` into every airflow.cfg it generates, so a value in the
+    file cannot be told apart from that default; an environment variable is always a deliberate choice.
+    """
+    if "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE" in os.environ:
         return conf.getboolean("operators", "default_deferrable")
     return True
 
@@ -81,8 +83,8 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     :param output_path: Folder (any ``ObjectStoragePath`` location, ``file://`` included) to stream the
         images into, as ``<request_id>_<index>.<ext>``. (templated)
     :param flux_redux_conn_id: The ``flux_redux`` connection.
-    :param deferrable: Wait in the triggerer. Defaults to ``[operators] default_deferrable`` when set,
-        otherwise True.
+    :param deferrable: Wait in the triggerer (the default). ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``
+        changes the default; airflow.cfg's value is not used, as Airflow writes ``false`` there by default.
     :param poll_interval: Seconds between status polls.
     :param timeout: The whole wait (seconds or ``timedelta``), from submit; the remote job is cancelled
         when it passes.
@@ -347,7 +349,8 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
 
 
 def _handle(data: Any) -> QueueHandle:
-    return QueueHandle.model_validate(data)
+    """The queue handle inside a stored external id or a trigger event (whose ``status`` is the event's)."""
+    return QueueHandle.model_validate({key: data.get(key) for key in _HANDLE_FIELDS})
 
 
 def _data_uri(path: Any, max_bytes: int) -> str:
