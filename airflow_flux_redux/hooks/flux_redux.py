@@ -51,7 +51,7 @@ from airflow_flux_redux.models import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Generator
 
     from airflow.providers.common.compat.sdk import Connection
     from pydantic import BaseModel
@@ -188,7 +188,7 @@ class _OriginAuth(httpx.Auth):
     def __init__(self, settings: FluxReduxSettings) -> None:
         self._settings = settings
 
-    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if self._settings.trusts(request.url):
             request.headers["Authorization"] = self._settings.authorization
         yield request

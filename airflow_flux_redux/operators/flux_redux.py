@@ -231,7 +231,8 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     def poll_until_complete(self, external_id: JsonValue, context: Context) -> None:
         handle = _handle(external_id)
         self._handle = handle
-        deadline = float(external_id.get("deadline") or time.time() + self.timeout)  # type: ignore[union-attr]
+        stored = external_id if isinstance(external_id, dict) else {}
+        deadline = float(str(stored.get("deadline") or time.time() + self.timeout))
         if self.deferrable:
             self.defer(
                 trigger=FluxReduxTrigger(
@@ -278,25 +279,25 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     def _finish(
         self, context: Context, handle: QueueHandle, result: ReduxResult, *, metrics: dict[str, Any]
     ) -> dict[str, Any]:
-        images = [self._save(handle.request_id, index, image.url) for index, image in enumerate(result.images)]
+        images = [
+            {
+                "url": None if image.url.startswith("data:") else image.url,
+                "width": image.width,
+                "height": image.height,
+                "content_type": image.content_type,
+                "path": self._save(handle.request_id, index, image.url),
+            }
+            for index, image in enumerate(result.images)
+        ]
         output = {
             "request_id": handle.request_id,
-            "images": [
-                {
-                    "url": None if image.url.startswith("data:") else image.url,
-                    "width": image.width,
-                    "height": image.height,
-                    "content_type": image.content_type,
-                    "path": path,
-                }
-                for image, path in zip(result.images, images, strict=True)
-            ],
+            "images": images,
             "seed": result.seed,
             "has_nsfw_concepts": result.has_nsfw_concepts,
             "timings": result.timings,
             "metrics": metrics,
         }
-        first = output["images"][0] if output["images"] else None
+        first = images[0] if images else None
         if first is not None and (first["url"] or first["path"]):
             context["ti"].xcom_push(key=XCOM_IMAGE_URL, value=first["url"] or first["path"])
         self._forget_request(context)
