@@ -1,0 +1,114 @@
+"""``flux-redux-emulator`` / ``python -m airflow_flux_redux.emulator``: serve the emulator from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+
+from airflow_flux_redux.emulator.config import EmulatorConfig
+from airflow_flux_redux.emulator.faults import parse_rule
+from airflow_flux_redux.emulator.server import BANNER, KEY_ENV, bind, serve, url_of
+
+DESCRIPTION = """\
+A local stand-in for fal.ai's queue serving FLUX.1 [schnell] Redux, for tests, demos and benchmarks.
+It is NOT a model: it answers with fal's queue protocol and returns real images, but they are
+deterministic variations of the input image (crop, mirror, hue shift, grain), not FLUX output.
+Sides above 4096 px are scaled down. Admin API (no auth): GET /_emulator/stats,
+POST /_emulator/faults, POST /_emulator/config, POST /_emulator/reset, GET /_emulator/sample.png.
+"""
+
+_LIVE_FLAGS = {
+    "queue_seconds": "--queue-seconds",
+    "run_seconds": "--run-seconds",
+    "log_lines": "--log-lines",
+    "result_ttl": "--result-ttl",
+    "keepalive_seconds": "--keepalive-seconds",
+}
+
+
+def _fault(text: str) -> dict[str, object] | str:
+    try:
+        parse_rule(text)  # reject a bad rule at the command line, not at the first request
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = EmulatorConfig()
+    parser = argparse.ArgumentParser(prog="flux-redux-emulator", description=DESCRIPTION)
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    add("--port", type=int, default=8790, help="port; 0 picks a free one (the URL is printed first)")
+    add("--key", default=os.environ.get(KEY_ENV), help=f"API key to require (default ${KEY_ENV}; unset = any)")
+    add("--auth-scheme", choices=("Key", "Bearer", "any"), default="any", help="Authorization scheme accepted")
+    add("--queue-seconds", type=float, default=defaults.queue_seconds, help="time a job waits IN_QUEUE")
+    add("--run-seconds", type=float, default=defaults.run_seconds, help="time a job runs IN_PROGRESS")
+    add("--log-lines", type=int, default=defaults.log_lines, help="progress log lines during a run")
+    add("--result-ttl", type=float, default=defaults.result_ttl, help="seconds a result stays fetchable")
+    add("--keepalive-seconds", type=float, default=defaults.keepalive_seconds, help="SSE keep-alive period")
+    add("--workers", type=int, default=None, help="jobs running at once (default unlimited)")
+    add("--seed", type=int, default=None, help="seed of the emulator's RNG (picked seeds, fault probabilities)")
+    add("--public-url", default=None, help="base of returned URLs (default: from the request's Host header)")
+    add(
+        "--fault",
+        action="append",
+        type=_fault,
+        default=[],
+        help='fault rule, repeatable: JSON or compact "kind[:code][:key=value]...", e.g. status:503:times=2',
+    )
+    add("--server", choices=("uvicorn", "hypercorn"), default="uvicorn", help="hypercorn adds HTTP/2 (h2c)")
+    return parser
+
+
+def config_to_argv(config: EmulatorConfig) -> list[str]:
+    """Command-line flags reproducing ``config`` (except the key, which goes through the environment)."""
+    argv = ["--auth-scheme", config.auth_scheme]
+    for name, flag in _LIVE_FLAGS.items():
+        argv += [flag, str(getattr(config, name))]
+    for name, flag in (("workers", "--workers"), ("seed", "--seed"), ("public_url", "--public-url")):
+        if getattr(config, name) is not None:
+            argv += [flag, str(getattr(config, name))]
+    for rule in config.faults:
+        argv += ["--fault", rule if isinstance(rule, str) else json.dumps(rule)]
+    return argv
+
+
+async def _run(args: argparse.Namespace, config: EmulatorConfig) -> None:
+    from airflow_flux_redux.emulator.app import create_app
+
+    sock = bind(args.host, args.port)
+    print(BANNER + url_of(sock), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await serve(create_app(config), sock, args.server, stop)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags and serve until SIGINT/SIGTERM."""
+    args = build_parser().parse_args(argv)
+    config = EmulatorConfig(
+        key=args.key,
+        auth_scheme=args.auth_scheme,
+        faults=args.fault,
+        seed=args.seed,
+        workers=args.workers,
+        public_url=args.public_url,
+        **{name: getattr(args, name) for name in _LIVE_FLAGS},
+    )
+    try:
+        asyncio.run(_run(args, config))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""What an emulator is told at start; the timing part can also be changed live through the admin API."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
+
+AuthScheme = Literal["Key", "Bearer", "any"]
+
+
+@dataclass
+class EmulatorConfig:
+    """Settings of one emulator instance.
+
+    ``key=None`` accepts any credential, but a request must still carry ``Authorization: Key <k>`` or
+    ``Bearer <k>`` (per ``auth_scheme``): tests can then see that a client really sends one.
+    ``workers=None`` runs every job at once; ``workers=K`` queues jobs behind K busy runners (the
+    schedule is fixed at submit time, so a cancel does not pull later jobs forward).
+    """
+
+    key: str | None = None
+    auth_scheme: AuthScheme = "any"
+    queue_seconds: float = 0.5
+    run_seconds: float = 1.5
+    log_lines: int = 4
+    faults: list[dict[str, Any] | str] = field(default_factory=list)
+    seed: int | None = None
+    result_ttl: float = 3600.0
+    public_url: str | None = None
+    keepalive_seconds: float = 15.0
+    workers: int | None = None
+    fetch_timeout: float = 10.0
+    max_input_bytes: int = 32 * 1024 * 1024
+    max_side: int = 4096
+
+    LIVE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "queue_seconds",
+        "run_seconds",
+        "result_ttl",
+        "keepalive_seconds",
+        "log_lines",
+    )
+
+    def __post_init__(self) -> None:
+        if self.auth_scheme not in ("Key", "Bearer", "any"):
+            raise ValueError(f"auth_scheme must be Key, Bearer or any, not {self.auth_scheme!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("workers must be at least 1 (or None for unlimited)")
+        self.apply_live({name: getattr(self, name) for name in self.LIVE_FIELDS})
+
+    def apply_live(self, changes: dict[str, Any]) -> None:
+        """Change timings of a running emulator; raises ValueError naming a bad or unknown field."""
+        unknown = set(changes) - set(self.LIVE_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {sorted(unknown)}; allowed: {list(self.LIVE_FIELDS)}")
+        for name, value in changes.items():
+            number = int(value) if name == "log_lines" else float(value)
+            if number < 0 or (name == "log_lines" and number < 1) or (name == "keepalive_seconds" and not number):
+                raise ValueError(f"{name} must be positive, got {value!r}")
+            setattr(self, name, number)
+
+    def live(self) -> dict[str, Any]:
+        """The fields the admin API can change, with their current values."""
+        data = asdict(self)
+        return {name: data[name] for name in self.LIVE_FIELDS}
