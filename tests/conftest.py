@@ -7,8 +7,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -17,7 +16,10 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="flux-redux-airflo
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "false")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "true")
 
-from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer  # noqa: E402
+from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 API_KEY = "test-key-0123456789abcdef-SECRET"
 

@@ -107,7 +107,7 @@ def test_bearer_scheme_for_gateways(monkeypatch, image_uri) -> None:
         with pytest.raises(FluxReduxAuthError):
             FluxReduxHook().submit({"image_url": image_uri})
         monkeypatch.setenv("AIRFLOW_CONN_FLUX_REDUX_DEFAULT", connection_json(gw.url, auth_scheme="Bearer"))
-        handle, result = submit_and_wait(FluxReduxHook(), image_uri)
+        _handle, result = submit_and_wait(FluxReduxHook(), image_uri)
         assert result.images and gw.stats()["submissions"] == 1
 
 
@@ -170,7 +170,7 @@ def test_submit_retried_when_the_server_did_not_take_it(flux_conn, image_uri, co
 
 def test_submit_connection_refused_is_retried_then_clear(monkeypatch, image_uri) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_FLUX_REDUX_DEFAULT", connection_json("http://127.0.0.1:9"))
-    with pytest.raises(FluxReduxTransportError, match="gave up after 4 tries.*ConnectError"):
+    with pytest.raises(FluxReduxTransportError, match=r"gave up after 4 tries.*ConnectError"):
         FluxReduxHook().submit({"image_url": image_uri})
 
 

@@ -143,10 +143,8 @@ def test_property_request_valid_exactly_within_spec(steps: int, images: int, wid
 
 @given(st.text(max_size=30))
 def test_property_image_url_scheme(text: str) -> None:
-    ok = (
-        text.lower().startswith(("http://", "https://"))
-        and len(text) > 8
-        or (text[:5].lower() == "data:" and "," in text)
+    ok = (text.lower().startswith(("http://", "https://")) and len(text) > 8) or (
+        text[:5].lower() == "data:" and "," in text
     )
     if ok:
         assert validate_request({"image_url": text}).image_url == text
