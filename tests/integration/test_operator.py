@@ -1,0 +1,182 @@
+"""FluxReduxOperator against the emulator, with a minimal task context (real Airflow runs are in tests/e2e)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferred
+from airflow_flux_redux.emulator.images import sample_image
+from airflow_flux_redux.exceptions import (
+    FluxReduxError,
+    FluxReduxJobFailedError,
+    FluxReduxTimeoutError,
+    InvalidRequestError,
+)
+from airflow_flux_redux.hooks.flux_redux import FluxReduxHook
+from airflow_flux_redux.operators.flux_redux import FluxReduxOperator
+from tests.conftest import API_KEY
+
+
+class TaskInstance:
+    def __init__(self) -> None:
+        self.xcom: dict[str, Any] = {}
+        self.stats_tags: dict[str, str] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = value
+
+
+class StateStore:
+    """The two calls of ``task_state_store`` the operator relies on, kept in a dict."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any, **_: Any) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+def context(store: StateStore | None = None) -> dict[str, Any]:
+    return {"ti": TaskInstance(), "task_state_store": store if store is not None else StateStore()}
+
+
+def operator(**kwargs: Any) -> FluxReduxOperator:
+    kwargs.setdefault("task_id", "vary")
+    kwargs.setdefault("poll_interval", 0.05)
+    return FluxReduxOperator(**kwargs)
+
+
+@pytest.fixture
+def input_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cat.png"
+    path.write_bytes(sample_image(80, 60))
+    return path
+
+
+def test_worker_wait_saves_images_under_names_we_build(flux_conn, input_file, tmp_path) -> None:
+    ctx = context()
+    out = tmp_path / "out"
+    result = operator(
+        image_url=str(input_file), deferrable=False, num_images=2, output_format="png", output_path=f"file://{out}"
+    ).execute(ctx)
+    request_id = result["request_id"]
+    assert sorted(p.name for p in out.iterdir()) == [f"{request_id}_0.png", f"{request_id}_1.png"]
+    assert [image["path"] for image in result["images"]] == [f"file://{out}/{request_id}_{i}.png" for i in (0, 1)]
+    assert ctx["ti"].xcom["request_id"] == request_id and ctx["ti"].xcom["status_url"].endswith("/status")
+    assert json.dumps(result)  # XCom-serialisable
+    assert flux_conn.stats()["submissions"] == 1
+
+
+def test_sync_mode_images_arrive_inline_and_are_saved(flux_conn, image_uri, tmp_path) -> None:
+    result = operator(image_url=image_uri, deferrable=False, sync_mode=True, output_path=str(tmp_path)).execute(
+        context()
+    )
+    (image,) = result["images"]
+    assert image["url"] is None and Path(image["path"]).stat().st_size > 0
+
+
+def test_deferrable_submits_then_defers_with_no_secret(flux_conn, image_uri) -> None:
+    ctx = context()
+    with pytest.raises(TaskDeferred) as info:
+        operator(image_url=image_uri, deferrable=True, timeout=120).execute(ctx)
+    trigger = info.value.trigger
+    _, kwargs = trigger.serialize()
+    assert kwargs["request_id"] == ctx["ti"].xcom["request_id"]
+    assert API_KEY not in json.dumps(kwargs)
+    assert 110 < kwargs["deadline"] - time.time() <= 120
+    assert info.value.method_name == "execute_complete" and info.value.timeout is None
+
+
+def test_retry_reconnects_to_the_stored_request(flux_conn, image_uri) -> None:
+    flux_conn.configure(queue_seconds=2)
+    store = StateStore()
+    with pytest.raises(TaskDeferred) as first:
+        operator(image_url=image_uri, deferrable=True).execute(context(store))
+    deadline = first.value.trigger.serialize()[1]["deadline"]
+    with pytest.raises(TaskDeferred) as retry:
+        operator(image_url=image_uri, deferrable=True).execute(context(store))
+    again = retry.value.trigger.serialize()[1]
+    assert again["request_id"] == first.value.trigger.request_id
+    assert again["deadline"] == deadline
+    assert flux_conn.stats()["submissions"] == 1
+
+
+def test_retry_after_success_returns_the_result_without_paying_again(flux_conn, image_uri) -> None:
+    store = StateStore()
+    with pytest.raises(TaskDeferred) as first:
+        operator(image_url=image_uri, deferrable=True).execute(context(store))
+    FluxReduxHook().wait(first.value.trigger.handle, poll_interval=0.05)
+    result = operator(image_url=image_uri, deferrable=True).execute(context(store))
+    assert result["request_id"] == first.value.trigger.request_id
+    assert flux_conn.stats()["submissions"] == 1
+    assert store.data == {}  # forgotten: a later clear-and-rerun submits anew
+
+
+def test_resume_from_event(flux_conn, image_uri, tmp_path) -> None:
+    with pytest.raises(TaskDeferred) as info:
+        operator(image_url=image_uri, deferrable=True).execute(context())
+    trigger = info.value.trigger
+    FluxReduxHook().wait(trigger.handle, poll_interval=0.05)
+    op = operator(image_url=image_uri, output_path=str(tmp_path))
+    handle_fields = trigger.handle.model_dump(exclude={"status", "queue_position"})
+    event = {"status": "success", "message": "", "metrics": {"inference_time": 0.1}, "result": None, **handle_fields}
+    result = op.execute_complete(context(), event)
+    assert result["metrics"] == {"inference_time": 0.1} and Path(result["images"][0]["path"]).exists()
+    with pytest.raises(FluxReduxTimeoutError, match="deadline"):
+        op.execute_complete(context(), {**event, "status": "timeout", "message": "passed the deadline"})
+    with pytest.raises(FluxReduxJobFailedError, match="nsfw"):
+        op.execute_complete(context(), {**event, "status": "failed", "message": "nsfw", "error_type": "x"})
+    with pytest.raises(FluxReduxError, match="does not understand"):
+        op.execute_complete(context(), {"unexpected": True})
+
+
+def test_invalid_field_fails_before_submit(flux_conn, image_uri) -> None:
+    with pytest.raises(InvalidRequestError, match="image_size: got 'giant'"):
+        operator(image_url=image_uri, image_size="giant").execute(context())
+    assert flux_conn.stats()["requests_by_route"].get("submit", 0) == 0
+
+
+def test_local_input_over_the_size_limit_is_refused(flux_conn, input_file) -> None:
+    with pytest.raises(FluxReduxError, match="max_input_bytes"):
+        operator(image_url=str(input_file), max_input_bytes=100).execute(context())
+    assert flux_conn.stats()["requests_by_route"].get("submit", 0) == 0
+
+
+def test_uncertain_submit_fails_without_task_retries(flux_conn, image_uri) -> None:
+    flux_conn.set_faults([{"route": "submit", "kind": "reset", "after_accept": True}])
+    with pytest.raises(AirflowFailException, match="may exist"):
+        operator(image_url=image_uri).execute(context())
+    assert flux_conn.stats()["submissions"] == 1
+
+
+def test_worker_timeout_cancels_the_remote_job(flux_conn, image_uri) -> None:
+    flux_conn.configure(queue_seconds=30)
+    ctx = context()
+    with pytest.raises(FluxReduxTimeoutError):
+        operator(image_url=image_uri, deferrable=False, timeout=0.3).execute(ctx)
+    assert flux_conn.stats()["requests"][ctx["ti"].xcom["request_id"]]["cancelled"]
+
+
+def test_on_kill_in_the_worker_cancels(flux_conn, image_uri) -> None:
+    flux_conn.configure(queue_seconds=30)
+    op = operator(image_url=image_uri)
+    with pytest.raises(TaskDeferred):
+        op.execute(context())
+    op.on_kill()
+    assert flux_conn.stats()["requests"][op._handle.request_id]["cancelled"]
+
+
+def test_every_request_field_is_templated() -> None:
+    fields = set(FluxReduxOperator.template_fields)
+    assert {"image_url", "image_size", "num_inference_steps", "seed", "num_images", "output_path"} <= fields
