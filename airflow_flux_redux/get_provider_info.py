@@ -15,7 +15,7 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-flux-redux",
         "name": "FLUX Redux (fal.ai)",
-        "description": "FLUX.1 [schnell] Redux image variation on fal.ai and fal-compatible gateways.",
+        "description": "FLUX.1 schnell Redux image variation on fal.ai and fal-compatible gateways.",
         "versions": [__version__],
         "integrations": [
             {
