@@ -170,12 +170,11 @@ class FluxReduxTrigger(BaseTrigger):
                 if status.status is QueueState.COMPLETED:
                     return status
                 await asyncio.sleep(schedule.next_delay(status))
-            except StreamUnsupportedError:
-                if self.wait_mode == "stream":
-                    raise
-                self.log.info("The server does not serve the status stream; polling instead.")
-                use_stream = False
-            except (FluxReduxTransportError, FluxReduxProtocolError) as err:
+            except (FluxReduxTransportError, FluxReduxProtocolError, StreamUnsupportedError) as err:
+                if isinstance(err, StreamUnsupportedError) and self.wait_mode == "auto":
+                    self.log.info("The server does not serve the status stream; polling instead.")
+                    use_stream = False
+                    continue
                 errors += 1
                 if errors > self.max_consecutive_errors:
                     raise

@@ -290,3 +290,36 @@ def test_test_connection_says_what_is_wrong(flux_conn, monkeypatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_FLUX_REDUX_DEFAULT", connection_json("http://127.0.0.1:9"))
     ok, message = FluxReduxHook().test_connection()
     assert not ok and "ConnectError" in message
+
+
+def test_queue_redirect_is_not_followed_so_the_key_stays_home(flux_conn, image_uri) -> None:
+    from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer
+
+    with EmulatorServer(EmulatorConfig()) as foreign:
+        hook = FluxReduxHook()
+        handle, _ = submit_and_wait(hook, image_uri)
+        flux_conn.set_faults([{"route": "status", "kind": "redirect", "code": 307, "location": f"{foreign.url}/x"}])
+        with pytest.raises(FluxReduxProtocolError, match="redirects are not followed"):
+            hook.status(handle)
+        assert sum(foreign.stats()["requests_by_route"].values()) == 0
+
+
+def test_image_redirect_is_followed_without_credentials(flux_conn, image_uri) -> None:
+    from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer
+
+    with EmulatorServer(EmulatorConfig()) as cdn:
+        hook = FluxReduxHook()
+        _, result = submit_and_wait(hook, image_uri)
+        target = cdn.sample_image_url(32, 32)
+        flux_conn.set_faults([{"route": "file", "kind": "redirect", "code": 302, "location": target}])
+        sink = io.BytesIO()
+        assert hook.download(result.images[0].url, sink, max_bytes=1_000_000).content_type == "image/png"
+        assert "Authorization" not in hook._files.headers
+
+
+def test_huge_image_is_cut_off_at_the_cap(flux_conn, image_uri) -> None:
+    hook = FluxReduxHook()
+    _, result = submit_and_wait(hook, image_uri)
+    flux_conn.set_faults([{"route": "file", "kind": "huge_file", "bytes": 5_000_000}])
+    with pytest.raises(FluxReduxProtocolError, match="cap"):
+        hook.download(result.images[0].url, io.BytesIO(), max_bytes=1_000_000)

@@ -142,3 +142,11 @@ async def test_on_kill_checks_the_real_task_state(flux_conn, image_uri, monkeypa
     )
     await trigger.on_kill()
     assert flux_conn.stats()["requests"][trigger.request_id]["cancelled"] is cancelled
+
+
+@pytest.mark.parametrize("fault", [{"kind": "status", "code": 503}, {"kind": "status", "code": 429}, {"kind": "reset"}])
+async def test_stream_faults_reconnect(flux_conn, image_uri, fault) -> None:
+    flux_conn.set_faults([{"route": "stream", "times": 2, **fault}])
+    (event,) = await events(make_trigger(image_uri, wait_mode="stream"))
+    assert event["status"] == "success", event["message"]
+    assert flux_conn.stats()["requests_by_route"]["stream"] >= 3
