@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferred
+
 from airflow_flux_redux.emulator.images import sample_image
 from airflow_flux_redux.exceptions import (
     FluxReduxError,
