@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import (
     AirflowFailException,
@@ -155,6 +156,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         self.max_image_bytes = max_image_bytes
         self._handle: QueueHandle | None = None
         self._result: ReduxResult | None = None
+        self._lineage: tuple[list[str], list[str | None]] = ([], [])
 
     @cached_property
     def hook(self) -> FluxReduxHook:
@@ -301,6 +303,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         if first is not None and (first["url"] or first["path"]):
             context["ti"].xcom_push(key=XCOM_IMAGE_URL, value=first["url"] or first["path"])
         self._forget_request(context)
+        self._lineage = ([str(self.image_url)], [image["path"] or image["url"] for image in images])
         self.log.info(
             "Request %s done: %d image(s)%s",
             handle.request_id,
@@ -338,6 +341,16 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             except Exception as err:
                 self.log.debug("Could not clear the stored request id: %s", err)
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Input image to output images, for the OpenLineage provider when it is installed."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        inputs, outputs = self._lineage
+        return OperatorLineage(
+            inputs=[dataset for dataset in map(_lineage_dataset, inputs) if dataset is not None],
+            outputs=[dataset for dataset in map(_lineage_dataset, outputs) if dataset is not None],
+        )
+
     def on_kill(self) -> None:
         """Cancel the remote job when the worker kills the task mid-wait (non-deferrable mode)."""
         if self._handle is not None and self.cancel_on_kill:
@@ -347,6 +360,17 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
                 self.log.warning("Could not cancel %s: %s", self._handle.request_id, err)
                 return
             self.log.info("Cancelled fal request %s: %s", self._handle.request_id, outcome)
+
+
+def _lineage_dataset(location: str | None) -> Any:
+    """An OpenLineage dataset for a URL or storage path; inline data has no identity, so none."""
+    from airflow.providers.common.compat.openlineage.facet import Dataset
+
+    if not location or location.startswith("data:"):
+        return None
+    parts = urlsplit(location if "://" in location else f"file://{location}")
+    namespace = f"{parts.scheme}://{parts.netloc}" if parts.netloc else parts.scheme
+    return Dataset(namespace=namespace, name=parts.path)
 
 
 def _handle(data: Any) -> QueueHandle:

@@ -180,3 +180,14 @@ def test_on_kill_in_the_worker_cancels(flux_conn, image_uri) -> None:
 def test_every_request_field_is_templated() -> None:
     fields = set(FluxReduxOperator.template_fields)
     assert {"image_url", "image_size", "num_inference_steps", "seed", "num_images", "output_path"} <= fields
+
+
+def test_openlineage_links_input_image_to_output_images(flux_conn, input_file, tmp_path) -> None:
+    pytest.importorskip("airflow.providers.openlineage")
+    op = operator(image_url=str(input_file), deferrable=False, num_images=2, output_path=f"file://{tmp_path}")
+    result = op.execute(context())
+    lineage = op.get_openlineage_facets_on_complete(None)
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [("file", str(input_file))]
+    assert sorted(d.name for d in lineage.outputs) == sorted(
+        image["path"].removeprefix("file://") for image in result["images"]
+    )
