@@ -281,7 +281,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     def _finish(
         self, context: Context, handle: QueueHandle, result: ReduxResult, *, metrics: dict[str, Any]
     ) -> dict[str, Any]:
-        images = [
+        images: list[dict[str, Any]] = [
             {
                 "url": None if image.url.startswith("data:") else image.url,
                 "width": image.width,
