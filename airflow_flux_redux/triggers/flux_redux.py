@@ -196,6 +196,10 @@ class FluxReduxTrigger(BaseTrigger):
             return event_payload("cancelled", handle, str(err), error_type=err.error_type, metrics=final.metrics)
         except FluxReduxJobFailedError as err:
             return event_payload("failed", handle, str(err), error_type=err.error_type, metrics=final.metrics)
+        except FluxReduxTransportError as err:
+            # The job succeeded; the worker fetches the result itself rather than failing a paid job.
+            message = f"Request {handle.request_id} completed; its result could not be fetched here ({err})."
+            return event_payload("success", handle, message, metrics=final.metrics)
         except FluxReduxError as err:
             return event_payload("error", handle, str(err), metrics=final.metrics)
         body = result.model_dump(mode="json")

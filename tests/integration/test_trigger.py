@@ -150,3 +150,16 @@ async def test_stream_faults_reconnect(flux_conn, image_uri, fault) -> None:
     (event,) = await events(make_trigger(image_uri, wait_mode="stream"))
     assert event["status"] == "success", event["message"]
     assert flux_conn.stats()["requests_by_route"]["stream"] >= 3
+
+
+async def test_result_unreachable_from_the_triggerer_leaves_it_to_the_worker(flux_conn, image_uri) -> None:
+    flux_conn.set_faults([{"route": "result", "kind": "status", "code": 503, "times": 4}])
+    (event,) = await events(make_trigger(image_uri))
+    assert event["status"] == "success" and event["result"] is None
+    assert len(FluxReduxHook().result(_handle(event)).images) == 1
+
+
+def _handle(event: dict):
+    from airflow_flux_redux.models import QueueHandle
+
+    return QueueHandle(**{k: event[k] for k in ("request_id", "status_url", "response_url", "cancel_url")})
