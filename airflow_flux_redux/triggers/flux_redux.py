@@ -238,18 +238,13 @@ class FluxReduxTrigger(BaseTrigger):
         ti = self.task_instance
         if ti is None:
             return True
-        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
         from asgiref.sync import sync_to_async
 
-        map_index = getattr(ti, "map_index", -1)
-        map_index = -1 if map_index is None else map_index
+        from airflow_flux_redux.version_compat import task_state
+
         try:
-            states = await sync_to_async(RuntimeTaskInstance.get_task_states)(
-                dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=map_index
-            )
+            state = await sync_to_async(task_state)(ti)
         except Exception as err:
             self.log.warning("Could not read the task's state (%s); not cancelling %s.", err, self.request_id)
             return False
-        key = f"{ti.task_id}_{map_index}" if map_index >= 0 else ti.task_id
-        state = states.get(ti.run_id, {}).get(key)
-        return str(getattr(state, "value", state)) != "deferred"
+        return state != "deferred"

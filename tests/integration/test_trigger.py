@@ -11,6 +11,7 @@ import pytest
 
 from airflow_flux_redux.hooks.flux_redux import ASYNC_CLIENTS, FluxReduxHook
 from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger
+from airflow_flux_redux.version_compat import AIRFLOW_V_3_0_PLUS
 from tests.conftest import API_KEY
 
 
@@ -132,14 +133,17 @@ async def test_on_kill_cancels_when_the_task_left_deferred(flux_conn, image_uri,
 @pytest.mark.parametrize(("state", "cancelled"), [("deferred", False), ("failed", True), (None, True)])
 async def test_on_kill_checks_the_real_task_state(flux_conn, image_uri, monkeypatch, state, cancelled) -> None:
     """A stale triggerer's on_kill must not cancel a job the task still waits on elsewhere."""
-    from airflow.sdk.execution_time import task_runner
-
     flux_conn.configure(queue_seconds=10)
     trigger = make_trigger(image_uri)
-    trigger.task_instance = SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=-1)
-    monkeypatch.setattr(
-        task_runner.RuntimeTaskInstance, "get_task_states", staticmethod(lambda **kw: {"r": {"t": state}})
-    )
+    # Airflow 2's triggerer hands over the ORM task instance (current_state() reads the DB); 3.x asks the API.
+    ti = SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=-1, current_state=lambda: state)
+    trigger.task_instance = ti
+    if AIRFLOW_V_3_0_PLUS:
+        from airflow.sdk.execution_time import task_runner
+
+        monkeypatch.setattr(
+            task_runner.RuntimeTaskInstance, "get_task_states", staticmethod(lambda **kw: {"r": {"t": state}})
+        )
     await trigger.on_kill()
     assert flux_conn.stats()["requests"][trigger.request_id]["cancelled"] is cancelled
 
