@@ -26,6 +26,7 @@ from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from airflow_flux_redux.connection_form import HIDDEN_FIELDS, PLACEHOLDERS, RELABELING, form_widgets
 from airflow_flux_redux.exceptions import (
     FluxReduxAuthError,
     FluxReduxCancelledError,
@@ -449,16 +450,13 @@ class _FluxReduxHookBase(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Field labels for Airflow 2's connection form; Airflow 3 reads the same from provider info."""
-        return {
-            "hidden_fields": ["schema", "login", "port"],
-            "relabeling": {"host": "Base URL", "password": "API key"},
-            "placeholders": {
-                "host": f"{DEFAULT_BASE_URL} (empty) or your gateway's BASE_URL",
-                "password": "fal key (id:secret) or gateway key",
-                "extra": '{"auth_scheme": "Key", "timeout": 30, "max_retries": 5}',
-            },
-        }
+        """Labels for Airflow 2's connection form; Airflow 3 reads them from provider info."""
+        return {"hidden_fields": HIDDEN_FIELDS, "relabeling": RELABELING, "placeholders": PLACEHOLDERS}
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Our extra fields in Airflow 2's connection form."""
+        return form_widgets()
 
 
 class FluxReduxHook(_FluxReduxHookBase):
