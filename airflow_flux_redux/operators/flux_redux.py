@@ -39,6 +39,7 @@ from airflow_flux_redux.links import (
 )
 from airflow_flux_redux.models import FluxReduxRequest, QueueHandle, QueueState, ReduxResult, validate_request
 from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger, WaitMode
+from airflow_flux_redux.version_compat import log_degraded_features
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -196,6 +197,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
 
     def execute(self, context: Context) -> Any:
         self.build_request()
+        log_degraded_features(self.log, deferrable=self.deferrable, cancel_on_kill=self.cancel_on_kill)
         return self.execute_resumable(context)
 
     def submit_job(self, context: Context) -> JsonValue:

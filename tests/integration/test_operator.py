@@ -19,7 +19,13 @@ from airflow_flux_redux.exceptions import (
 )
 from airflow_flux_redux.hooks.flux_redux import FluxReduxHook
 from airflow_flux_redux.operators.flux_redux import FluxReduxOperator
+from airflow_flux_redux.version_compat import HAS_TASK_STATE_STORE
 from tests.conftest import API_KEY
+
+needs_state_store = pytest.mark.skipif(
+    not HAS_TASK_STATE_STORE,
+    reason="task_state_store (reconnect on retry) arrived in Airflow 3.3; below it every try submits anew",
+)
 
 
 class TaskInstance:
@@ -98,6 +104,7 @@ def test_deferrable_submits_then_defers_with_no_secret(flux_conn, image_uri) -> 
     assert info.value.method_name == "execute_complete" and info.value.timeout is None
 
 
+@needs_state_store
 def test_retry_reconnects_to_the_stored_request(flux_conn, image_uri) -> None:
     flux_conn.configure(queue_seconds=2)
     store = StateStore()
@@ -112,6 +119,16 @@ def test_retry_reconnects_to_the_stored_request(flux_conn, image_uri) -> None:
     assert flux_conn.stats()["submissions"] == 1
 
 
+@pytest.mark.skipif(HAS_TASK_STATE_STORE, reason="Airflow 3.3+ reconnects through task_state_store")
+def test_retry_submits_anew_and_says_why_without_a_state_store(flux_conn, image_uri, logs) -> None:
+    for _ in range(2):
+        with pytest.raises(TaskDeferred):
+            operator(image_url=image_uri, deferrable=True).execute({"ti": TaskInstance()})
+    assert flux_conn.stats()["submissions"] == 2
+    assert "has no task_state_store (Airflow 3.3+)" in logs()
+
+
+@needs_state_store
 def test_retry_after_success_returns_the_result_without_paying_again(flux_conn, image_uri) -> None:
     store = StateStore()
     with pytest.raises(TaskDeferred) as first:
