@@ -1,0 +1,121 @@
+"""The example DAG on a real Airflow deployment (``airflow standalone`` on PostgreSQL), driven over REST.
+
+One deployment serves the session (see ``standalone.py``); each test starts its own DAG run. The wall
+time of each test and the time each job held a worker slot go to a JSON file (path printed with ``-s``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from tests.conftest import API_KEY, connection_json
+from tests.e2e.standalone import (
+    Session,
+    check_images,
+    session_fixture,
+    timed,
+    wait_for,
+    wait_trigger_running,
+    worker_slot_seconds,
+)
+
+pytestmark = pytest.mark.airflow
+DAG_ID, TASK_ID = "example_flux_redux", "vary_image"
+TRIGGER_CLASSPATH = "airflow_flux_redux.triggers.flux_redux.FluxReduxTrigger"
+
+
+@pytest.fixture(scope="session")
+def airflow_session(tmp_path_factory):
+    yield from session_fixture(tmp_path_factory, API_KEY, connection_json)
+
+
+@pytest.fixture
+def e2e(airflow_session: Session, request: pytest.FixtureRequest):
+    airflow_session.reset_emulator()
+    with timed(airflow_session, request.node.name):
+        yield airflow_session
+
+
+def assert_no_secret(session: Session, run_id: str, *texts: str) -> None:
+    """The API key is in no log, XCom or trigger text given (and in no XCom of the run)."""
+    xcoms = session.deployment.xcoms(DAG_ID, run_id)
+    assert xcoms, "the run pushed no XCom"
+    values = [session.deployment.xcom(DAG_ID, run_id, x["task_id"], x["key"], x["map_index"]) for x in xcoms]
+    for label, text in [("xcoms", json.dumps(values, default=str)), *((f"text {i}", t) for i, t in enumerate(texts))]:
+        assert API_KEY not in text, f"the API key leaked into {label}"
+
+
+def test_example_dag_defers_then_succeeds(e2e: Session) -> None:
+    d = e2e.deployment
+    e2e.reset_emulator(queue_seconds=2.0, run_seconds=2.0)
+    run_id = d.trigger(DAG_ID)
+
+    d.wait_task(DAG_ID, run_id, TASK_ID, ["deferred"], timeout=90)
+    row = wait_trigger_running(e2e, DAG_ID, run_id, TASK_ID)
+    assert row["classpath"] == TRIGGER_CLASSPATH
+    all_trigger_rows = json.dumps(d.sql("SELECT classpath, kwargs FROM trigger"), default=str)
+    assert API_KEY not in all_trigger_rows, "the API key is stored in the trigger table"
+    assert row["kwargs"]["request_id"] and row["kwargs"]["deadline"] > time.time()
+
+    d.wait_task(DAG_ID, run_id, TASK_ID, ["success"], timeout=90)
+    result = d.xcom(DAG_ID, run_id, TASK_ID)
+    assert result["request_id"] == row["kwargs"]["request_id"]
+    check_images(result, count=2, size=(512, 512))
+
+    entries = d.task_log(DAG_ID, run_id, TASK_ID)
+    log = d.task_log_text(DAG_ID, run_id, TASK_ID)
+    assert "Submitted fal request" in log and "Pausing task as DEFERRED" in log, log[-3000:]
+    assert "queue position" in log and "fal: " in log, log[-3000:]
+    assert_no_secret(e2e, run_id, log, row["raw_kwargs"])
+
+    stats = e2e.emulator.stats()
+    assert stats["submissions"] == 1, stats
+    assert not stats["requests"][result["request_id"]]["cancelled"]
+    slot = worker_slot_seconds(entries)
+    e2e.record_jobs("example_flux_redux", [slot])
+    print(f"worker slot: {slot}")
+    assert slot["submit_to_defer_s"] is not None and slot["submit_to_defer_s"] < 5, slot
+
+
+def test_triggerer_killed_mid_wait_new_triggerer_resumes(e2e: Session) -> None:
+    d = e2e.deployment
+    e2e.reset_emulator(queue_seconds=3.0, run_seconds=12.0)
+    d.keep_triggerers(1)
+    run_id = d.trigger(DAG_ID)
+    d.wait_task(DAG_ID, run_id, TASK_ID, ["deferred"], timeout=90)
+    before = wait_trigger_running(e2e, DAG_ID, run_id, TASK_ID)
+    request_id = before["kwargs"]["request_id"]
+
+    victim = d.triggerer_of_job(before["triggerer_id"])
+    d.kill_triggerer(victim, signal.SIGKILL)
+    replacement = d.start_triggerer()
+
+    def moved() -> dict | None:
+        row = d.trigger_row(DAG_ID, run_id, TASK_ID)
+        return row if row is not None and row["triggerer_id"] == replacement.job_id else None
+
+    after = wait_for(
+        "the new triggerer to take the trigger over",
+        moved,
+        d.health_check_threshold + 40,
+        0.2,
+        lambda: d.diagnostics(DAG_ID, run_id, TASK_ID),
+    )
+    assert after["id"] == before["id"]
+    assert after["kwargs"]["deadline"] == before["kwargs"]["deadline"], "the deadline moved on takeover"
+    assert after["kwargs"]["request_id"] == request_id
+
+    d.wait_task(DAG_ID, run_id, TASK_ID, ["success"], timeout=90)
+    result = d.xcom(DAG_ID, run_id, TASK_ID)
+    assert result["request_id"] == request_id
+    check_images(result, count=2)
+    stats = e2e.emulator.stats()
+    assert stats["submissions"] == 1, stats
+    assert not stats["requests"][request_id]["cancelled"], stats["requests"][request_id]
+    log = d.task_log_text(DAG_ID, run_id, TASK_ID)
+    assert API_KEY not in log
+    e2e.record_jobs("triggerer_killed", [worker_slot_seconds(d.task_log(DAG_ID, run_id, TASK_ID))])
