@@ -198,7 +198,12 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     def execute(self, context: Context) -> Any:
         self.build_request()
         log_degraded_features(self.log, deferrable=self.deferrable, cancel_on_kill=self.cancel_on_kill)
-        return self.execute_resumable(context)
+        output = self.execute_resumable(context)
+        if output is None and self._handle is not None and self._result is not None:
+            # On reconnect, ResumableJobMixin (Airflow 3.3.2) returns poll_until_complete()'s None and never
+            # calls get_job_result(): finish here, or the retry would save no image and return nothing.
+            return self._finish(context, self._handle, self._result, metrics={})
+        return output
 
     def submit_job(self, context: Context) -> JsonValue:
         request = self.build_request()

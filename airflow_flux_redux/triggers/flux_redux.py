@@ -33,6 +33,8 @@ WaitMode = Literal["poll", "stream", "auto"]
 EventStatus = Literal["success", "failed", "cancelled", "timeout", "error"]
 # A result this large stays out of the event (it is stored in the metadata DB); the worker fetches it.
 MAX_EVENT_RESULT_BYTES = 64 * 1024
+# on_kill's work outlives a re-cancelled on_kill; keep a reference so it is not garbage-collected.
+_KILL_TASKS: set[asyncio.Future[None]] = set()
 
 
 def event_payload(
@@ -220,9 +222,19 @@ class FluxReduxTrigger(BaseTrigger):
         return event_payload("timeout", handle, str(error))
 
     async def on_kill(self) -> None:
-        """Cancel the remote job when a user really stopped the task (not when a stale triggerer woke up)."""
+        """Cancel the remote job when a user really stopped the task (not when a stale triggerer woke up).
+
+        Airflow 3.3 cancels the trigger again on every runner loop (about 1 s) until it has finished, which
+        also interrupts ``on_kill`` (Airflow swallows that): the work runs as its own task, shielded.
+        """
         if not self.cancel_on_kill:
             return
+        work = asyncio.ensure_future(self._cancel_unless_still_deferred())
+        _KILL_TASKS.add(work)
+        work.add_done_callback(_KILL_TASKS.discard)
+        await asyncio.shield(work)
+
+    async def _cancel_unless_still_deferred(self) -> None:
         if not await self._task_left_deferred():
             self.log.info("The task is still deferred elsewhere; not cancelling %s.", self.request_id)
             return
