@@ -17,6 +17,7 @@ Nothing here mocks Airflow: tests see what a user of a real deployment would see
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -27,13 +28,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -295,10 +298,15 @@ class Deployment:
             )
 
         wait_for("airflow standalone to be healthy", up, deadline - time.monotonic(), 1.0, self.diagnostics)
+
+        def parsed(dag_id: str) -> bool:
+            self._check_standalone()
+            return bool(self.api("GET", f"dags/{dag_id}", ok=(200, 404)).get("dag_id"))
+
         for dag_id in self.dag_ids:
             wait_for(
                 f"DAG {dag_id} to be parsed",
-                lambda dag_id=dag_id: self._check_standalone() or self.api("GET", f"dags/{dag_id}", ok=(200, 404)).get("dag_id"),
+                functools.partial(parsed, dag_id),
                 deadline - time.monotonic(),
                 1.0,
                 self.diagnostics,
@@ -330,7 +338,7 @@ class Deployment:
             if triggerer.stopped:
                 triggerer.signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
         groups = [p.pid for p in [self.standalone, *self._extra] if p is not None]
-        tracked = set()
+        tracked: set[int] = set()
         for pid in groups:
             with contextlib.suppress(psutil.NoSuchProcess):
                 tracked.update(c.pid for c in psutil.Process(pid).children(recursive=True))
@@ -499,10 +507,14 @@ class Deployment:
             if run["state"] in wanted:
                 return run
             if run["state"] in ("success", "failed"):
-                raise DeploymentError(f"run {run_id} ended {run['state']}, expected {sorted(wanted)}\n" + self.diagnostics(dag_id, run_id))
+                raise DeploymentError(
+                    f"run {run_id} ended {run['state']}, expected {sorted(wanted)}\n" + self.diagnostics(dag_id, run_id)
+                )
             return None
 
-        return wait_for(f"run {run_id} to be {sorted(wanted)}", probe, timeout, 0.5, lambda: self.diagnostics(dag_id, run_id))
+        return wait_for(
+            f"run {run_id} to be {sorted(wanted)}", probe, timeout, 0.5, lambda: self.diagnostics(dag_id, run_id)
+        )
 
     # -- metadata DB ----------------------------------------------------------------------------------------
 
@@ -637,13 +649,18 @@ class Deployment:
 
     # -- diagnostics ---------------------------------------------------------------------------------------
 
-    def diagnostics(self, dag_id: str | None = None, run_id: str | None = None, task_id: str | None = None, map_index: int = -1) -> str:
+    def diagnostics(
+        self, dag_id: str | None = None, run_id: str | None = None, task_id: str | None = None, map_index: int = -1
+    ) -> str:
         """What to read when a test fails: task states, the task log, and the tails of component logs."""
         parts: list[str] = []
         with contextlib.suppress(Exception):
             if dag_id and run_id:
                 tis = self.task_instances(dag_id, run_id)
-                parts.append("task instances: " + json.dumps([(t["task_id"], t["map_index"], t["state"], t["try_number"]) for t in tis]))
+                parts.append(
+                    "task instances: "
+                    + json.dumps([(t["task_id"], t["map_index"], t["state"], t["try_number"]) for t in tis])
+                )
                 for ti in tis:
                     if task_id and ti["task_id"] != task_id:
                         continue
@@ -652,12 +669,20 @@ class Deployment:
                     for attempt in range(1, max(1, ti["try_number"]) + 1):
                         with contextlib.suppress(Exception):
                             text = self.task_log_text(dag_id, run_id, ti["task_id"], attempt, ti["map_index"])
-                            parts.append(f"--- task log {ti['task_id']}[{ti['map_index']}] try {attempt} ---\n{text[-6000:]}")
+                            parts.append(
+                                f"--- task log {ti['task_id']}[{ti['map_index']}] try {attempt} ---\n{text[-6000:]}"
+                            )
                     break
         with contextlib.suppress(Exception):
             parts.append("triggers: " + repr(self.sql("SELECT id, classpath, triggerer_id FROM trigger")))
-            parts.append("triggerer jobs: " + repr(self.sql(
-                "SELECT id, state, latest_heartbeat, now() FROM job WHERE job_type = 'TriggererJob' ORDER BY id")))
+            parts.append(
+                "triggerer jobs: "
+                + repr(
+                    self.sql(
+                        "SELECT id, state, latest_heartbeat, now() FROM job WHERE job_type = 'TriggererJob' ORDER BY id"
+                    )
+                )
+            )
         for name, path in [("standalone", self.standalone_log)] + [
             (t.name, t.log_path) for t in self.triggerers if t.log_path and t.log_path != self.standalone_log
         ]:
