@@ -7,7 +7,9 @@ trigger compose these calls; they never build URLs or parse JSON themselves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +23,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 from pydantic import ValidationError
@@ -52,10 +55,24 @@ from airflow_flux_redux.models import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Generator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+    from typing import Protocol
 
     from airflow.providers.common.compat.sdk import Connection
     from pydantic import BaseModel
+
+    class _Answer(Protocol):
+        """What the error and model readers use of an answer: an ``httpx.Response`` or a lane ``_Reply``."""
+
+        @property
+        def status_code(self) -> int: ...
+        @property
+        def content(self) -> bytes: ...
+        @property
+        def headers(self) -> httpx.Headers: ...
+        @property
+        def text(self) -> str: ...
+
 
 DEFAULT_BASE_URL = "https://queue.fal.run"
 DEFAULT_ENDPOINT = "fal-ai/flux-1/schnell/redux"
@@ -74,7 +91,13 @@ ModelT = TypeVar("ModelT", bound="BaseModel")
 
 
 def _origin(url: str | httpx.URL) -> tuple[str, str, int]:
-    parts = httpx.URL(str(url))
+    return _origin_of(str(url))
+
+
+@functools.lru_cache(maxsize=16384)
+def _origin_of(url: str) -> tuple[str, str, int]:
+    # Cached: every poll checks its URL's origin twice (require_trusted, then the auth guard).
+    parts = httpx.URL(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, parts.host.lower(), port
 
@@ -198,7 +221,7 @@ class _OriginAuth(httpx.Auth):
 # -- reading answers: written once, used by the sync and async twins ------------------------------------
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: _Answer) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -211,7 +234,7 @@ def _retry_after(response: httpx.Response) -> float | None:
             return None
 
 
-def _json(response: httpx.Response, what: str, request_id: str | None) -> Any:
+def _json(response: _Answer, what: str, request_id: str | None) -> Any:
     try:
         return json.loads(response.content)
     except ValueError:
@@ -221,7 +244,7 @@ def _json(response: httpx.Response, what: str, request_id: str | None) -> Any:
         ) from None
 
 
-def _model(model: type[ModelT], response: httpx.Response, what: str, request_id: str | None) -> ModelT:
+def _model(model: type[ModelT], response: _Answer, what: str, request_id: str | None) -> ModelT:
     try:
         return model.model_validate_json(response.content)
     except ValidationError as err:
@@ -232,7 +255,7 @@ def _model(model: type[ModelT], response: httpx.Response, what: str, request_id:
         ) from None
 
 
-def _raise_for_status(response: httpx.Response, op: str, request_id: str | None) -> None:
+def _raise_for_status(response: _Answer, op: str, request_id: str | None) -> None:
     """Turn a non-2xx answer into the error that says what to do; decide here whether it may be retried."""
     code = response.status_code
     if code < 300:
@@ -386,31 +409,226 @@ def _client_kwargs(settings: FluxReduxSettings) -> dict[str, Any]:
     }
 
 
+class _Reply:
+    """A fully read answer from the poll lane: what ``_raise_for_status`` and the models read of a response."""
+
+    __slots__ = ("_raw_headers", "content", "status_code")
+
+    def __init__(self, status_code: int, raw_headers: list[tuple[bytes, bytes]], content: bytes) -> None:
+        self.status_code = status_code
+        self._raw_headers = raw_headers
+        self.content = content
+
+    @property
+    def headers(self) -> httpx.Headers:
+        return httpx.Headers(self._raw_headers)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+
+def _httpx_error(err: Exception) -> httpx.TransportError:
+    """httpcore's exception as the httpx one of the same name, so one error policy reads both."""
+    error_class = getattr(httpx, type(err).__name__, None)
+    if not (isinstance(error_class, type) and issubclass(error_class, httpx.TransportError)):
+        error_class = httpx.TransportError
+    return error_class(str(err) or type(err).__name__)
+
+
+_HTTPCORE_ERRORS = (
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+)
+# What a keep-alive connection the server closed meanwhile looks like: worth one try on a fresh one.
+_STALE = (httpcore.ConnectionNotAvailable, httpcore.ReadError, httpcore.WriteError, httpcore.RemoteProtocolError)
+
+
+class _CoreStream(httpx.AsyncByteStream):
+    """An httpcore response body as an httpx stream, its errors as httpx's."""
+
+    def __init__(self, response: httpcore.Response) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.aiter_stream():
+                yield chunk
+        except _HTTPCORE_ERRORS as err:
+            raise _httpx_error(err) from None
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class _Lane:
+    """Connections to the connection's own origin for the waits' GETs: status polls, results, streams.
+
+    httpx's pool re-scans every connection on each request event (a cost that grows with the square of
+    open connections: 86 % of the CPU at 1,000 waiters) and its client layer (URL merging, cookies, auth
+    flow, redirects) costs more than the poll itself. A wait only GETs URLs on one origin, so it goes to
+    httpcore directly: a few HTTP/1.1 keep-alive connections handed out from an idle list (or HTTP/2
+    connections, multiplexed), in-flight requests bounded, request line and headers built once.
+    """
+
+    def __init__(self, settings: FluxReduxSettings) -> None:
+        scheme, host, port = settings.origin
+        self.origin = httpcore.Origin(scheme.encode(), host.encode(), port)
+        self.http2 = settings.http2
+        self._ssl = _ssl_context() if scheme == "https" else None
+        authority = f"[{host}]" if ":" in host else host
+        if port != (443 if scheme == "https" else 80):
+            authority = f"{authority}:{port}"
+        self.headers = [
+            (b"Host", authority.encode()),
+            (b"Accept", b"application/json"),
+            (b"User-Agent", b"airflow-flux-redux"),
+            (b"Authorization", settings.authorization.encode()),
+        ]
+        self.timeout = settings.timeout
+        self.extensions = {"timeout": self._timeouts(settings.timeout)}
+        self._slots = asyncio.Semaphore(max(1, settings.max_in_flight))
+        self._idle: list[httpcore.AsyncHTTPConnection] = []  # HTTP/1.1: one request per connection at a time
+        self._shared: list[httpcore.AsyncHTTPConnection] = []  # HTTP/2: requests multiplexed
+        self._turn = 0
+        self._targets: dict[str, httpcore.URL] = {}
+        self._open: weakref.WeakSet[httpcore.AsyncHTTPConnection] = weakref.WeakSet()
+
+    def _timeouts(self, read: float) -> dict[str, float]:
+        return {"connect": min(10.0, self.timeout), "read": read, "write": self.timeout, "pool": self.timeout}
+
+    def connection(self, *, http2: bool | None = None) -> httpcore.AsyncHTTPConnection:
+        use_h2 = self.http2 if http2 is None else http2
+        h2c = use_h2 and self.origin.scheme == b"http"  # cleartext HTTP/2 only by prior knowledge
+        conn = httpcore.AsyncHTTPConnection(self.origin, ssl_context=self._ssl, http1=not h2c, http2=use_h2)
+        self._open.add(conn)
+        return conn
+
+    def request(self, url: str, *, read_timeout: float | None = None) -> httpcore.Request:
+        target = self._targets.get(url)
+        if target is None:
+            if len(self._targets) > 65536:
+                self._targets.clear()
+            path = httpx.URL(url).raw_path
+            target = httpcore.URL(scheme=self.origin.scheme, host=self.origin.host, port=self.origin.port, target=path)
+            self._targets[url] = target
+        extensions = self.extensions if read_timeout is None else {"timeout": self._timeouts(read_timeout)}
+        return httpcore.Request(b"GET", target, headers=self.headers, extensions=extensions)
+
+    async def get(self, url: str) -> _Reply:
+        """GET ``url`` (on this origin) and read the whole answer; a stale keep-alive is replaced once."""
+        request = self.request(url)
+        async with self._slots:
+            for fresh in (False, True):
+                conn, reused = self._checkout(fresh)
+                try:
+                    response = await conn.handle_async_request(request)
+                    content = await response.aread()
+                except _STALE as err:
+                    self._discard(conn)
+                    if reused and not fresh:
+                        continue
+                    raise _httpx_error(err) from None
+                except _HTTPCORE_ERRORS as err:
+                    self._discard(conn)
+                    raise _httpx_error(err) from None
+                except BaseException:
+                    self._discard(conn)
+                    raise
+                self._checkin(conn)
+                return _Reply(response.status, response.headers, content)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _checkout(self, fresh: bool) -> tuple[httpcore.AsyncHTTPConnection, bool]:
+        if self.http2:
+            live = [conn for conn in self._shared if not conn.is_closed()]
+            if fresh or len(live) < 2:
+                conn = self.connection()
+                self._shared = [*live, conn]
+                return conn, False
+            self._turn += 1
+            return live[self._turn % len(live)], True
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            if not (conn.has_expired() or conn.is_closed()):
+                return conn, True
+            self._discard(conn)
+        return self.connection(), False
+
+    def _checkin(self, conn: httpcore.AsyncHTTPConnection) -> None:
+        if not (self.http2 or conn.is_closed()):
+            self._idle.append(conn)
+
+    def _discard(self, conn: httpcore.AsyncHTTPConnection) -> None:
+        if conn in self._shared:
+            self._shared.remove(conn)
+        with contextlib.suppress(RuntimeError):
+            closing = asyncio.get_running_loop().create_task(conn.aclose())
+            _CLOSING.add(closing)
+            closing.add_done_callback(_CLOSING.discard)
+
+    async def aclose(self) -> None:
+        for conn in list(self._open):
+            with contextlib.suppress(Exception):
+                await conn.aclose()
+        self._idle.clear()
+        self._shared.clear()
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
+
+
+@dataclass
+class _LoopClients:
+    client: httpx.AsyncClient
+    in_flight: asyncio.Semaphore
+    lane: _Lane
+
+
 class _AsyncClientPool:
-    """One pooled ``AsyncClient`` per event loop and per (base URL, credentials), with bounded in-flight calls.
+    """Per event loop and per (base URL, credentials): one pooled ``AsyncClient`` and one lane for waits.
 
     Thousands of triggers in one triggerer share a handful of connections instead of a client each.
     """
 
     def __init__(self) -> None:
-        self._clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, tuple[httpx.AsyncClient, asyncio.Semaphore]]
-        ] = weakref.WeakKeyDictionary()
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _LoopClients]] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    def get(self, settings: FluxReduxSettings) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+    def entry(self, settings: FluxReduxSettings) -> _LoopClients:
         loop = asyncio.get_running_loop()
-        per_loop = self._clients.setdefault(loop, {})
+        per_loop = self._clients.get(loop)
+        if per_loop is None:
+            per_loop = self._clients[loop] = {}
         entry = per_loop.get(settings.client_key)
-        if entry is None or entry[0].is_closed:
-            entry = (httpx.AsyncClient(**_client_kwargs(settings)), asyncio.Semaphore(settings.max_in_flight))
+        if entry is None or entry.client.is_closed:
+            client = httpx.AsyncClient(**_client_kwargs(settings))
+            entry = _LoopClients(client, asyncio.Semaphore(settings.max_in_flight), _Lane(settings))
             per_loop[settings.client_key] = entry
         return entry
 
+    def get(self, settings: FluxReduxSettings) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        entry = self.entry(settings)
+        return entry.client, entry.in_flight
+
     async def aclose(self) -> None:
         """Close this loop's clients (tests, benchmarks, a clean triggerer shutdown)."""
-        per_loop = self._clients.pop(asyncio.get_running_loop(), {})
-        for client, _ in per_loop.values():
-            await client.aclose()
+        loop = asyncio.get_running_loop()
+        _SETTINGS_CACHE.pop(loop, None)
+        for entry in self._clients.pop(loop, {}).values():
+            await entry.lane.aclose()
+            await entry.client.aclose()
+
+
+# A triggerer's hooks share the connection's settings per loop and conn id for this long: a thousand
+# triggers starting together look the connection up once, and a changed key is picked up within it.
+SETTINGS_TTL = 30.0
+_SETTINGS_CACHE: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[FluxReduxSettings]]]
+] = weakref.WeakKeyDictionary()
 
 
 ASYNC_CLIENTS = _AsyncClientPool()
@@ -593,19 +811,43 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
 
     async def aget_settings(self) -> FluxReduxSettings:
         if self._settings is None:
-            from airflow.providers.common.compat.connection import get_async_connection
+            self._settings = await self._shared_settings()
+        return self._settings
 
-            try:
-                conn: Connection | None = await get_async_connection(self.flux_redux_conn_id, hook=self)
-            except Exception:
-                if not (os.environ.get("FAL_KEY") and self.flux_redux_conn_id == self.default_conn_name):
-                    raise
-                conn = None
-            self._use_settings(FluxReduxSettings.from_connection(conn))
-        return self._require_settings()
+    async def _shared_settings(self) -> FluxReduxSettings:
+        """The connection's settings, looked up once per loop and ``SETTINGS_TTL`` for all hooks on it."""
+        loop = asyncio.get_running_loop()
+        per_loop = _SETTINGS_CACHE.get(loop)
+        if per_loop is None:
+            per_loop = _SETTINGS_CACHE[loop] = {}
+        now = time.monotonic()
+        cached = per_loop.get(self.flux_redux_conn_id)
+        if cached is not None and cached[0] > now:
+            return await asyncio.shield(cached[1])
+        future: asyncio.Future[FluxReduxSettings] = loop.create_future()
+        per_loop[self.flux_redux_conn_id] = (now + SETTINGS_TTL, future)
+        try:
+            settings = self._use_settings(FluxReduxSettings.from_connection(await self._aconnection()))
+        except BaseException as err:
+            per_loop.pop(self.flux_redux_conn_id, None)
+            future.set_exception(err)
+            future.exception()  # marks it retrieved; hooks waiting on it get it through their own await
+            raise
+        future.set_result(settings)
+        return settings
+
+    async def _aconnection(self) -> Connection | None:
+        from airflow.providers.common.compat.connection import get_async_connection
+
+        try:
+            return await get_async_connection(self.flux_redux_conn_id, hook=self)
+        except Exception:
+            if not (os.environ.get("FAL_KEY") and self.flux_redux_conn_id == self.default_conn_name):
+                raise
+            return None
 
     async def _call(self, op: str, method: str, url: str, request_id: str | None, **kwargs: Any) -> httpx.Response:
-        settings = await self.aget_settings()
+        settings = self._settings or await self.aget_settings()
         settings.require_trusted(url, op, request_id)
         client, in_flight = ASYNC_CLIENTS.get(settings)
 
@@ -618,8 +860,50 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
             _raise_for_status(response, op, request_id)
             return response
 
+        response: httpx.Response = await self._with_retries(settings, op, request_id, attempt)
+        return response
+
+    async def _get(self, op: str, url: str, request_id: str | None) -> httpx.Response | _Reply:
+        """A GET on the poll lane when ``url`` is on the connection's own origin, else through the client."""
+        settings = self._settings or await self.aget_settings()
+        settings.require_trusted(url, op, request_id)
+        if _origin(url) != settings.origin:
+            return await self._call(op, "GET", url, request_id)
+        lane = ASYNC_CLIENTS.entry(settings).lane
+
+        async def attempt() -> _Reply:
+            try:
+                reply = await lane.get(url)
+            except httpx.HTTPError as err:
+                raise _transport_error(err, op, url, request_id) from None
+            _raise_for_status(reply, op, request_id)
+            return reply
+
+        reply: _Reply = await self._with_retries(settings, op, request_id, attempt)
+        return reply
+
+    async def _with_retries(
+        self, settings: FluxReduxSettings, op: str, request_id: str | None, attempt: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        """The first try runs bare (the common case: no retry machinery per poll); a failure replays into it."""
         try:
-            return await AsyncRetrying(**_retry_policy(settings, op, request_id, self.log))(attempt)
+            return await attempt()
+        except FluxReduxTransportError as err:
+            if not err.retryable or settings.max_retries <= 0:
+                raise _gave_up(err, settings) from None
+            first: FluxReduxError | None = err
+        except FluxReduxError as err:
+            raise _gave_up(err, settings) from None
+
+        async def replay() -> Any:
+            nonlocal first
+            if first is not None:
+                error, first = first, None
+                raise error
+            return await attempt()
+
+        try:
+            return await AsyncRetrying(**_retry_policy(settings, op, request_id, self.log))(replay)
         except FluxReduxError as err:
             raise _gave_up(err, settings) from None
 
@@ -633,11 +917,11 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         return _model(QueueHandle, response, "submit", None)
 
     async def status(self, handle: QueueHandle, *, logs: bool = True) -> QueueStatus:
-        response = await self._call("status", "GET", handle.status_url, handle.request_id, params=_logs(logs))
+        response = await self._get("status", _with_logs(handle.status_url, logs), handle.request_id)
         return _model(QueueStatus, response, "status", handle.request_id)
 
     async def result(self, handle: QueueHandle) -> ReduxResult:
-        response = await self._call("result", "GET", handle.response_url, handle.request_id)
+        response = await self._get("result", handle.response_url, handle.request_id)
         return _model(ReduxResult, response, "result", handle.request_id)
 
     async def cancel(self, handle: QueueHandle) -> str:
@@ -653,16 +937,13 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         Raises :class:`StreamUnsupportedError` when the server does not serve the stream, so the
         caller can fall back to polling.
         """
-        from httpx_sse import aconnect_sse
+        from httpx_sse import EventSource
 
-        settings = await self.aget_settings()
+        settings = self._settings or await self.aget_settings()
         url = f"{handle.status_url.split('?')[0].rstrip('/')}/stream"
         settings.require_trusted(url, "status stream", handle.request_id)
-        client, _ = ASYNC_CLIENTS.get(settings)
-        timeout = httpx.Timeout(settings.timeout, read=max(60.0, settings.timeout))
         try:
-            async with aconnect_sse(client, "GET", url, params=_logs(logs), timeout=timeout) as source:
-                response = source.response
+            async with self._open_stream(settings, _with_logs(url, logs)) as response:
                 if response.status_code in (404, 405, 501) or (
                     response.status_code < 300 and "text/event-stream" not in response.headers.get("content-type", "")
                 ):
@@ -670,7 +951,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
                 if response.status_code >= 300:
                     await response.aread()
                     _raise_for_status(response, "status stream", handle.request_id)
-                async for event in source.aiter_sse():
+                async for event in EventSource(response).aiter_sse():
                     if not event.data:
                         continue
                     try:
@@ -685,6 +966,34 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
                         return
         except httpx.HTTPError as err:
             raise _transport_error(err, "status stream", url, handle.request_id) from None
+
+    @contextlib.asynccontextmanager
+    async def _open_stream(self, settings: FluxReduxSettings, url: str) -> AsyncIterator[httpx.Response]:
+        """The stream's response, on a connection of its own to our origin (else through the client).
+
+        A stream holds its HTTP/1.1 connection for the whole wait: through the client's pool, the streams
+        past its connection limit would queue behind the others for the length of a job.
+        """
+        if _origin(url) != settings.origin:
+            client, _ = ASYNC_CLIENTS.get(settings)
+            timeout = httpx.Timeout(settings.timeout, read=max(60.0, settings.timeout))
+            async with client.stream("GET", url, headers={"Accept": "text/event-stream"}, timeout=timeout) as response:
+                yield response
+            return
+        lane = ASYNC_CLIENTS.entry(settings).lane
+        conn = lane.connection(http2=False)
+        request = lane.request(url, read_timeout=max(60.0, settings.timeout))
+        try:
+            try:
+                core = await conn.handle_async_request(request)
+            except _HTTPCORE_ERRORS as err:
+                raise _httpx_error(err) from None
+            try:
+                yield httpx.Response(core.status, headers=core.headers, stream=_CoreStream(core))
+            finally:
+                await core.aclose()
+        finally:
+            await conn.aclose()
 
     async def wait(
         self,
@@ -721,6 +1030,12 @@ class StreamUnsupportedError(FluxReduxError):
 
 def _logs(logs: bool) -> dict[str, str] | None:
     return {"logs": "1"} if logs else None
+
+
+def _with_logs(url: str, logs: bool) -> str:
+    if not logs:
+        return url
+    return f"{url}&logs=1" if "?" in url else f"{url}?logs=1"
 
 
 def _cancel_outcome(err: FluxReduxRequestRejectedError) -> str:
