@@ -61,6 +61,9 @@ async def serve(app: EmulatorApp, sock: socket.socket, server: ServerKind, stop:
         hyper.loglevel = "WARNING"
         hyper.accesslog = None
         hyper.graceful_timeout = 1.0
+        # Hypercorn sends GOAWAY after 1,000 requests by default and then crashes (h2 state CLOSED) on
+        # the streams a busy client sent meanwhile; a long-lived multiplexed client needs no such limit.
+        hyper.keep_alive_max_requests = 2**31
         await hypercorn_serve(app, hyper, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
         return
     import uvicorn

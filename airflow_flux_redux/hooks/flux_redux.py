@@ -463,6 +463,234 @@ class _CoreStream(httpx.AsyncByteStream):
         await self._response.aclose()
 
 
+class _StreamRefused(httpx.RemoteProtocolError):
+    """The server's GOAWAY came before it processed this stream: safe to send again on a new connection."""
+
+
+class _H2Stream:
+    """One request on a multiplexed HTTP/2 connection: its answer, filled in by the connection's reader."""
+
+    __slots__ = ("_waiter", "chunks", "ended", "error", "headers", "status", "stream_id")
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.ended = False
+        self.error: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _wait(self, timeout: float) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._waiter
+        except TimeoutError:
+            raise httpx.ReadTimeout("no answer on the HTTP/2 stream in time") from None
+        finally:
+            self._waiter = None
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def response(self, timeout: float) -> None:
+        while not self.status:
+            self._check()
+            await self._wait(timeout)
+
+    async def body(self, timeout: float) -> AsyncIterator[bytes]:
+        while True:
+            if self.chunks:
+                chunks, self.chunks = self.chunks, []
+                for chunk in chunks:
+                    yield chunk
+            if self.ended:
+                return
+            self._check()
+            await self._wait(timeout)
+
+
+class _H2Connection:
+    """One HTTP/2 connection, written on ``h2`` directly: one reader task hands each frame to its stream.
+
+    httpcore's HTTP/2 makes every waiting stream take a shared read lock and read the socket in turn, so an
+    event for one of a thousand open streams waits for the streams queued before it (seconds), and with
+    hundreds of concurrent requests it stalled outright here. This reader wakes exactly the stream the
+    frame is for. Streams are bounded by the server's SETTINGS_MAX_CONCURRENT_STREAMS; the lane opens
+    another connection when one is full.
+    """
+
+    def __init__(self, lane: _Lane) -> None:
+        import h2.config
+        import h2.connection
+
+        self._lane = lane
+        self._h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self.streams: dict[int, _H2Stream] = {}
+        self.closed = False
+        self.settled = False
+        self.error: Exception | None = None
+
+    @property
+    def capacity(self) -> int:
+        # Until the server's SETTINGS arrive, stay within the 100 streams RFC 9113 asks every server to allow.
+        return min(self._h2.remote_settings.max_concurrent_streams, 1000) if self.settled else 100
+
+    def has_room(self) -> bool:
+        return not self.closed and len(self.streams) < self.capacity and self._h2.open_outbound_streams < self.capacity
+
+    async def connect(self) -> None:
+        origin = self._lane.origin
+        host = origin.host.decode()
+        tls = origin.scheme == b"https"
+        try:
+            async with asyncio.timeout(self._lane.extensions["timeout"]["connect"]):
+                reader, writer = await asyncio.open_connection(
+                    host, origin.port, ssl=_h2_ssl_context() if tls else None, server_hostname=host if tls else None
+                )
+        except (OSError, TimeoutError) as err:
+            raise (httpx.ConnectTimeout if isinstance(err, TimeoutError) else httpx.ConnectError)(str(err)) from None
+        if tls and (ssl_object := writer.get_extra_info("ssl_object")) and ssl_object.selected_alpn_protocol() != "h2":
+            writer.close()
+            raise httpx.UnsupportedProtocol("the server did not agree to HTTP/2")
+        self._writer = writer
+        self._h2.initiate_connection()
+        self._h2.increment_flow_control_window(2**24)
+        self._flush()
+        self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+
+    def _flush(self) -> None:
+        data = self._h2.data_to_send()
+        if data and self._writer is not None and not self.closed:
+            self._writer.write(data)
+
+    def open(self, target: bytes, headers: list[tuple[bytes, bytes]]) -> _H2Stream:
+        if self.closed:
+            raise self.error or httpx.RemoteProtocolError("HTTP/2 connection closed")
+        origin = self._lane.origin
+        stream_id = self._h2.get_next_available_stream_id()
+        self._h2.send_headers(
+            stream_id,
+            [(b":method", b"GET"), (b":scheme", origin.scheme), (b":authority", self._lane.authority),
+             (b":path", target), *headers],
+            end_stream=True,
+        )  # fmt: skip
+        stream = self.streams[stream_id] = _H2Stream(stream_id)
+        self._flush()
+        return stream
+
+    def cancel(self, stream: _H2Stream) -> None:
+        """Reset a stream the caller no longer reads (a wait that ended or was cancelled)."""
+        if self.streams.pop(stream.stream_id, None) is not None and not stream.ended and not self.closed:
+            with contextlib.suppress(Exception):
+                self._h2.reset_stream(stream.stream_id)
+                self._flush()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        import h2.events
+
+        error: Exception = httpx.RemoteProtocolError("the server closed the HTTP/2 connection")
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                for event in self._h2.receive_data(data):
+                    stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
+                    if isinstance(event, h2.events.ResponseReceived) and stream is not None:
+                        stream.headers = [(k, v) for k, v in event.headers if not k.startswith(b":")]
+                        stream.status = int(dict(event.headers)[b":status"])
+                    elif isinstance(event, h2.events.DataReceived):
+                        self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                        if stream is not None:
+                            stream.chunks.append(event.data)
+                    elif isinstance(event, h2.events.StreamEnded) and stream is not None:
+                        stream.ended = True
+                        del self.streams[event.stream_id]
+                    elif isinstance(event, h2.events.StreamReset) and stream is not None:
+                        stream.error = httpx.RemoteProtocolError(f"the server reset the stream ({event.error_code})")
+                        del self.streams[event.stream_id]
+                    elif isinstance(event, h2.events.RemoteSettingsChanged):
+                        self.settled = True
+                    elif isinstance(event, h2.events.ConnectionTerminated):
+                        self._goaway(event.last_stream_id)
+                        continue
+                    else:
+                        continue
+                    if stream is not None:
+                        stream.wake()
+                self._flush()
+                if self.closed and not self.streams:
+                    break
+        except Exception as err:  # a broken connection fails its streams; they raise it to their callers
+            error = httpx.ReadError(f"HTTP/2 connection failed: {err}")
+        self._fail(error)
+
+    def _goaway(self, last_stream_id: int | None) -> None:
+        """No new streams here; the ones the server never saw go again elsewhere, the rest finish."""
+        self.closed = True
+        for stream_id, stream in list(self.streams.items()):
+            if last_stream_id is None or stream_id > last_stream_id:
+                stream.error = _StreamRefused("the server closed the HTTP/2 connection before this request")
+                del self.streams[stream_id]
+                stream.wake()
+
+    def _fail(self, error: Exception) -> None:
+        self.closed = True
+        self.error = error
+        for stream in self.streams.values():
+            stream.error = error
+            stream.wake()
+        self.streams.clear()
+        if self._writer is not None:
+            self._writer.close()
+
+    async def aclose(self) -> None:
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader_task
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._h2.close_connection()
+                self._flush()
+        self._fail(httpx.RemoteProtocolError("HTTP/2 connection closed"))
+
+
+_H2_SSL_CONTEXT: ssl.SSLContext | None = None
+
+
+def _h2_ssl_context() -> ssl.SSLContext:
+    """Like ``_ssl_context()``, offering only h2 by ALPN (one per process as well)."""
+    global _H2_SSL_CONTEXT
+    if _H2_SSL_CONTEXT is None:
+        context = ssl.create_default_context()
+        with contextlib.suppress(ImportError):
+            import certifi
+
+            context.load_verify_locations(certifi.where())
+        context.set_alpn_protocols(["h2"])
+        _H2_SSL_CONTEXT = context
+    return _H2_SSL_CONTEXT
+
+
+class _H2Body(httpx.AsyncByteStream):
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            yield chunk
+
+
 class _Lane:
     """Connections to the connection's own origin for the waits' GETs: status polls, results, streams.
 
@@ -481,20 +709,76 @@ class _Lane:
         authority = f"[{host}]" if ":" in host else host
         if port != (443 if scheme == "https" else 80):
             authority = f"{authority}:{port}"
+        self.authority = authority.encode()
         self.headers = [
-            (b"Host", authority.encode()),
+            (b"Host", self.authority),
             (b"Accept", b"application/json"),
             (b"User-Agent", b"airflow-flux-redux"),
             (b"Authorization", settings.authorization.encode()),
         ]
         self.timeout = settings.timeout
         self.extensions = {"timeout": self._timeouts(settings.timeout)}
-        self._slots = asyncio.Semaphore(max(1, settings.max_in_flight))
+        # HTTP/1.1: a few connections carry a thousand polls a second on loopback or across a region, and
+        # each open connection costs the server a socket; HTTP/2 multiplexes the in-flight requests.
+        self._slots = asyncio.Semaphore(
+            max(1, settings.max_in_flight if self.http2 else min(8, settings.max_in_flight))
+        )
         self._idle: list[httpcore.AsyncHTTPConnection] = []  # HTTP/1.1: one request per connection at a time
-        self._shared: list[httpcore.AsyncHTTPConnection] = []  # HTTP/2: requests multiplexed
-        self._turn = 0
         self._targets: dict[str, httpcore.URL] = {}
         self._open: weakref.WeakSet[httpcore.AsyncHTTPConnection] = weakref.WeakSet()
+        self._h2_headers = [(name.lower(), value) for name, value in self.headers if name != b"Host"]
+        self._h2: list[_H2Connection] = []
+        self._h2_opening: asyncio.Future[_H2Connection] | None = None
+
+    async def h2_connection(self) -> _H2Connection:
+        """An HTTP/2 connection with room for one more stream; opens one (only one at a time) when all are full."""
+        while True:
+            for conn in self._h2:
+                if conn.has_room():
+                    return conn
+            self._h2 = [conn for conn in self._h2 if not conn.closed]
+            if self._h2_opening is not None:
+                await asyncio.shield(self._h2_opening)
+                continue
+            opening = self._h2_opening = asyncio.get_running_loop().create_future()
+            conn = _H2Connection(self)
+            try:
+                await conn.connect()
+            except BaseException as err:
+                opening.set_exception(err)
+                opening.exception()
+                raise
+            finally:
+                self._h2_opening = None
+            self._h2.append(conn)
+            opening.set_result(conn)
+            return conn
+
+    async def h2_request(self, url: str) -> tuple[_H2Connection, _H2Stream]:
+        """Send a GET on a connection with room and wait for its response headers; a refused one goes again."""
+        import h2.exceptions
+
+        target = self.request(url).url.target
+        for attempt in range(3):
+            conn = await self.h2_connection()
+            try:
+                stream = conn.open(target, self._h2_headers)
+            except h2.exceptions.H2Error as err:  # the connection went away between the check and the send
+                conn.closed = True
+                if attempt == 2:
+                    raise httpx.RemoteProtocolError(f"HTTP/2: {err}") from None
+                continue
+            try:
+                await stream.response(self.timeout)
+            except _StreamRefused:
+                if attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                conn.cancel(stream)
+                raise
+            return conn, stream
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _timeouts(self, read: float) -> dict[str, float]:
         return {"connect": min(10.0, self.timeout), "read": read, "write": self.timeout, "pool": self.timeout}
@@ -519,6 +803,8 @@ class _Lane:
 
     async def get(self, url: str) -> _Reply:
         """GET ``url`` (on this origin) and read the whole answer; a stale keep-alive is replaced once."""
+        if self.http2:
+            return await self._h2_get(url)
         request = self.request(url)
         async with self._slots:
             for fresh in (False, True):
@@ -541,15 +827,17 @@ class _Lane:
                 return _Reply(response.status, response.headers, content)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _h2_get(self, url: str) -> _Reply:
+        timeout = self.timeout
+        async with self._slots:
+            conn, stream = await self.h2_request(url)
+            try:
+                content = b"".join([chunk async for chunk in stream.body(timeout)])
+            finally:
+                conn.cancel(stream)
+        return _Reply(stream.status, stream.headers, content)
+
     def _checkout(self, fresh: bool) -> tuple[httpcore.AsyncHTTPConnection, bool]:
-        if self.http2:
-            live = [conn for conn in self._shared if not conn.is_closed()]
-            if fresh or len(live) < 2:
-                conn = self.connection()
-                self._shared = [*live, conn]
-                return conn, False
-            self._turn += 1
-            return live[self._turn % len(live)], True
         while self._idle and not fresh:
             conn = self._idle.pop()
             if not (conn.has_expired() or conn.is_closed()):
@@ -558,12 +846,10 @@ class _Lane:
         return self.connection(), False
 
     def _checkin(self, conn: httpcore.AsyncHTTPConnection) -> None:
-        if not (self.http2 or conn.is_closed()):
+        if not conn.is_closed():
             self._idle.append(conn)
 
     def _discard(self, conn: httpcore.AsyncHTTPConnection) -> None:
-        if conn in self._shared:
-            self._shared.remove(conn)
         with contextlib.suppress(RuntimeError):
             closing = asyncio.get_running_loop().create_task(conn.aclose())
             _CLOSING.add(closing)
@@ -574,7 +860,9 @@ class _Lane:
             with contextlib.suppress(Exception):
                 await conn.aclose()
         self._idle.clear()
-        self._shared.clear()
+        for h2_conn in self._h2:
+            await h2_conn.aclose()
+        self._h2.clear()
 
 
 _CLOSING: set[asyncio.Task[None]] = set()
@@ -682,6 +970,10 @@ class FluxReduxHook(_FluxReduxHookBase):
 
     :param flux_redux_conn_id: The Airflow connection (type ``flux_redux``) with the base URL and key.
     """
+
+    # Airflow 2 reads the connection form only from the registered hook class's own __dict__, not its bases'.
+    get_ui_field_behaviour = _FluxReduxHookBase.__dict__["get_ui_field_behaviour"]
+    get_connection_form_widgets = _FluxReduxHookBase.__dict__["get_connection_form_widgets"]
 
     def __init__(self, flux_redux_conn_id: str = _FluxReduxHookBase.default_conn_name, **kwargs: Any) -> None:
         super().__init__(flux_redux_conn_id=flux_redux_conn_id, **kwargs)
@@ -981,6 +1273,16 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
                 yield response
             return
         lane = ASYNC_CLIENTS.entry(settings).lane
+        if lane.http2:
+            h2_conn, h2_stream = await lane.h2_request(url)
+            read_timeout = max(60.0, settings.timeout)
+            try:
+                yield httpx.Response(
+                    h2_stream.status, headers=h2_stream.headers, stream=_H2Body(h2_stream.body(read_timeout))
+                )
+            finally:
+                h2_conn.cancel(h2_stream)
+            return
         conn = lane.connection(http2=False)
         request = lane.request(url, read_timeout=max(60.0, settings.timeout))
         try:
