@@ -74,13 +74,15 @@ def form_widgets() -> dict[str, Any]:
     """WTForms widgets for Airflow 2's connection form (Flask AppBuilder is only there)."""
     from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
     from flask_babel import lazy_gettext
-    from wtforms import IntegerField, SelectField, StringField
+    from wtforms import IntegerField, StringField
 
     widgets: dict[str, Any] = {}
     for name, (label, kind, text, schema) in EXTRA_FIELDS.items():
         if "enum" in schema:
-            choices = [(value, value) for value in schema["enum"]]
-            widgets[name] = SelectField(lazy_gettext(label), choices=choices, description=text)
+            # Airflow 2 drops a hook whose form has any field other than String/Integer/Boolean/Password.
+            choices = ", ".join(map(str, schema["enum"]))
+            description = f"{text} One of: {choices}."
+            widgets[name] = StringField(lazy_gettext(label), widget=BS3TextFieldWidget(), description=description)
         elif kind == "integer":
             widgets[name] = IntegerField(lazy_gettext(label), widget=BS3TextFieldWidget(), description=text)
         else:
