@@ -812,6 +812,7 @@ class _Lane:
                 try:
                     response = await conn.handle_async_request(request)
                     content = await response.aread()
+                    await response.aclose()  # hands the connection back to IDLE for the next request
                 except _STALE as err:
                     self._discard(conn)
                     if reused and not fresh:
@@ -1377,7 +1378,9 @@ class PollSchedule:
             delay = min(self.interval * 4, self.interval + 0.5 * (status.queue_position or 0))
         elif self._polls_in_state <= 2:
             delay = min(self.interval, 0.25)
-        return delay * random.uniform(0.9, 1.1)
+        # Jitter only shortens the wait: waiters started together drift apart instead of polling in bursts,
+        # and the interval stays an upper bound on how late a change is seen.
+        return delay * random.uniform(0.9, 1.0)
 
 
 @dataclass
@@ -1443,10 +1446,14 @@ def _probe_handle(settings: FluxReduxSettings) -> QueueHandle:
     )
 
 
+POSITION_LOG_INTERVAL = 10.0
+
+
 class StatusReporter:
     """Log what changed between statuses: state, queue position, and fal's new log lines.
 
-    Logs only on change, so thousands of waits do not flood the triggerer's log.
+    Logs only on change (the queue position at most every POSITION_LOG_INTERVAL seconds), so thousands of
+    waits do not flood the triggerer's log.
     """
 
     def __init__(self, log: Any, request_id: str, *, forward_logs: bool = True) -> None:
@@ -1455,14 +1462,21 @@ class StatusReporter:
         self.forward_logs = forward_logs
         self._state: QueueState | None = None
         self._position: int | None = None
+        self._position_logged = 0.0
         self._seen_logs = 0
 
     def __call__(self, status: QueueStatus) -> None:
         if status.status is not self._state:
             self._state = status.status
             self.log.info("fal request %s is %s", self.request_id, status.status.value)
-        if status.status is QueueState.IN_QUEUE and status.queue_position != self._position:
+        if (
+            status.status is QueueState.IN_QUEUE
+            and status.queue_position != self._position
+            and (self._position is None or time.monotonic() >= self._position_logged + POSITION_LOG_INTERVAL)
+        ):
+            # In a long queue the position changes at every poll: one line per interval, not one per poll.
             self._position = status.queue_position
+            self._position_logged = time.monotonic()
             self.log.info("fal request %s: queue position %s", self.request_id, status.queue_position)
         if self.forward_logs and status.logs and len(status.logs) > self._seen_logs:
             for entry in status.logs[self._seen_logs :]:
