@@ -724,6 +724,7 @@ class _Lane:
             max(1, settings.max_in_flight if self.http2 else min(8, settings.max_in_flight))
         )
         self._idle: list[httpcore.AsyncHTTPConnection] = []  # HTTP/1.1: one request per connection at a time
+        self.http1_streams = 0
         self._targets: dict[str, httpcore.URL] = {}
         self._open: weakref.WeakSet[httpcore.AsyncHTTPConnection] = weakref.WeakSet()
         self._h2_headers = [(name.lower(), value) for name, value in self.headers if name != b"Host"]
@@ -867,6 +868,8 @@ class _Lane:
 
 
 _CLOSING: set[asyncio.Task[None]] = set()
+# Each HTTP/1.1 stream holds a connection (~290 KB with TLS): past this many, ``auto`` waits poll instead.
+MAX_HTTP1_STREAMS = 256
 
 
 @dataclass
@@ -1224,11 +1227,14 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
             return _cancel_outcome(err)
         return str(_json(response, "cancel", handle.request_id).get("status", "CANCELLATION_REQUESTED"))
 
-    async def stream(self, handle: QueueHandle, *, logs: bool = True) -> AsyncIterator[QueueStatus]:
+    async def stream(
+        self, handle: QueueHandle, *, logs: bool = True, fallback_when_busy: bool = False
+    ) -> AsyncIterator[QueueStatus]:
         """Status updates from ``{status_url}/stream`` (Server-Sent Events), ending after COMPLETED.
 
         Raises :class:`StreamUnsupportedError` when the server does not serve the stream, so the
-        caller can fall back to polling.
+        caller can fall back to polling; with ``fallback_when_busy`` also when the stream would need one more
+        HTTP/1.1 connection past ``MAX_HTTP1_STREAMS`` (HTTP/2 streams share connections and never are).
         """
         from httpx_sse import EventSource
 
@@ -1236,7 +1242,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         url = f"{handle.status_url.split('?')[0].rstrip('/')}/stream"
         settings.require_trusted(url, "status stream", handle.request_id)
         try:
-            async with self._open_stream(settings, _with_logs(url, logs)) as response:
+            async with self._open_stream(settings, _with_logs(url, logs), fallback_when_busy) as response:
                 if response.status_code in (404, 405, 501) or (
                     response.status_code < 300 and "text/event-stream" not in response.headers.get("content-type", "")
                 ):
@@ -1261,7 +1267,9 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
             raise _transport_error(err, "status stream", url, handle.request_id) from None
 
     @contextlib.asynccontextmanager
-    async def _open_stream(self, settings: FluxReduxSettings, url: str) -> AsyncIterator[httpx.Response]:
+    async def _open_stream(
+        self, settings: FluxReduxSettings, url: str, fallback_when_busy: bool = False
+    ) -> AsyncIterator[httpx.Response]:
         """The stream's response, on a connection of its own to our origin (else through the client).
 
         A stream holds its HTTP/1.1 connection for the whole wait: through the client's pool, the streams
@@ -1284,8 +1292,14 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
             finally:
                 h2_conn.cancel(h2_stream)
             return
+        if fallback_when_busy and lane.http1_streams >= MAX_HTTP1_STREAMS:
+            raise StreamUnsupportedError(
+                f"all {MAX_HTTP1_STREAMS} HTTP/1.1 stream connections are in use (set the connection extra "
+                '"http2": true to multiplex streams)'
+            )
         conn = lane.connection(http2=False)
         request = lane.request(url, read_timeout=max(60.0, settings.timeout))
+        lane.http1_streams += 1
         try:
             try:
                 core = await conn.handle_async_request(request)
@@ -1296,6 +1310,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
             finally:
                 await core.aclose()
         finally:
+            lane.http1_streams -= 1
             await conn.aclose()
 
     async def wait(

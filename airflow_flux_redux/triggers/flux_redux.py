@@ -160,7 +160,8 @@ class FluxReduxTrigger(BaseTrigger):
         while True:
             try:
                 if use_stream:
-                    async for status in hook.stream(handle, logs=self.forward_logs):
+                    stream = hook.stream(handle, logs=self.forward_logs, fallback_when_busy=self.wait_mode == "auto")
+                    async for status in stream:
                         errors = 0
                         report(status)
                         if status.status is QueueState.COMPLETED:
@@ -174,7 +175,7 @@ class FluxReduxTrigger(BaseTrigger):
                 await asyncio.sleep(schedule.next_delay(status))
             except (FluxReduxTransportError, FluxReduxProtocolError, StreamUnsupportedError) as err:
                 if isinstance(err, StreamUnsupportedError) and self.wait_mode == "auto":
-                    self.log.info("The server does not serve the status stream; polling instead.")
+                    self.log.info("Not streaming the status (%s); polling instead.", err)
                     use_stream = False
                     continue
                 errors += 1
