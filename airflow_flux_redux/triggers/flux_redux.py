@@ -74,7 +74,10 @@ class FluxReduxTrigger(BaseTrigger):
     :param deadline: Absolute wall-clock deadline (epoch seconds); the job is cancelled when it passes.
     :param flux_redux_conn_id: The Airflow connection to use.
     :param poll_interval: Seconds between status polls (adaptive around this value).
-    :param wait_mode: ``poll``, ``stream`` (Server-Sent Events) or ``auto`` (stream, falling back to polling).
+    :param wait_mode: ``auto`` (the default: the status stream, polling where it is not served or where it
+        would need one more HTTP/1.1 connection past ``MAX_HTTP1_STREAMS``), ``stream`` (Server-Sent Events
+        only) or ``poll``. The stream sees a change within milliseconds and costs less per job than polling
+        (see benchmarks/README.md).
     :param forward_logs: Log queue position changes and fal's log lines (they show in the task log).
     :param cancel_on_kill: Cancel the remote job when a user marks the deferred task failed/success or clears it.
     :param max_consecutive_errors: Transient failures (after the hook's own retries) tolerated in a row.
@@ -90,7 +93,7 @@ class FluxReduxTrigger(BaseTrigger):
         deadline: float,
         flux_redux_conn_id: str = "flux_redux_default",
         poll_interval: float = 1.0,
-        wait_mode: WaitMode = "poll",
+        wait_mode: WaitMode = "auto",
         forward_logs: bool = True,
         cancel_on_kill: bool = True,
         max_consecutive_errors: int = 5,

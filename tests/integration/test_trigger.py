@@ -100,7 +100,7 @@ async def test_transient_errors_are_tolerated(flux_conn, image_uri) -> None:
 
 async def test_too_many_errors_end_in_one_error_event(flux_conn, image_uri) -> None:
     flux_conn.set_faults([{"route": "status", "kind": "malformed", "times": -1}])
-    (event,) = await events(make_trigger(image_uri, max_consecutive_errors=1))
+    (event,) = await events(make_trigger(image_uri, max_consecutive_errors=1, wait_mode="poll"))
     assert event["status"] == "error" and "not" in event["message"] and trigger_id_in(event)
 
 
