@@ -10,7 +10,7 @@ from typing import Any
 HIDDEN_FIELDS = ["schema", "login", "port"]
 RELABELING = {"host": "Base URL", "password": "API key"}
 PLACEHOLDERS = {
-    "host": "https://queue.fal.run (leave empty for fal.ai) or your gateway's BASE_URL",
+    "host": "empty for fal.ai, or your gateway's base URL",
     "password": "fal key (key_id:key_secret) or your gateway's key",
 }
 
