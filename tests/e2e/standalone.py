@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -263,6 +265,8 @@ class Deployment:
     def start(self, timeout: float = 240.0) -> Deployment:
         """Create the database, start ``airflow standalone`` and return once it runs every DAG asked for."""
         started = time.monotonic()
+        if importlib.util.find_spec("asyncpg") is None:
+            raise DeploymentError("Airflow on PostgreSQL needs the asyncpg driver: pip install asyncpg ([test] extra)")
         try:
             ensure_postgres()
             _admin_sql(f'CREATE DATABASE "{self.database}"')
@@ -487,6 +491,7 @@ class Deployment:
             if ti["state"] in TERMINAL:
                 raise DeploymentError(
                     f"{dag_id}/{run_id}/{task_id}[{map_index}] ended {ti['state']}, expected {sorted(wanted)}\n"
+                    + self.known_airflow_race(ti["id"])
                     + self.diagnostics(dag_id, run_id, task_id, map_index)
                 )
             return None
@@ -649,6 +654,32 @@ class Deployment:
 
     # -- diagnostics ---------------------------------------------------------------------------------------
 
+    def workloads(self, ti_id: str) -> list[dict[str, Any]]:
+        """The executor's "Workload finished" records of a task instance: how long each worker phase ran.
+
+        A deferring task holds its worker slot until its supervisor exits, which can be seconds after the
+        "Pausing task as DEFERRED" line on a busy machine; this is the slot time the executor saw.
+        """
+        found = []
+        pattern = re.compile(r"(\S+Z) \[info\s*\] Workload finished .*?duration=([0-9.]+) .*?final_state=(\w+)")
+        for line in self.standalone_log.read_text(errors="replace").splitlines():
+            if f"workload_id={ti_id}" in line and (match := pattern.search(line)):
+                found.append(
+                    {"finished": match.group(1), "duration_s": float(match.group(2)), "final_state": match.group(3)}
+                )
+        return found
+
+    def known_airflow_race(self, ti_id: str) -> str:
+        """A hint when the scheduler failed the task over a stale executor event (an Airflow 3.3.2 bug)."""
+        text = self.standalone_log.read_text(errors="replace")
+        if f"ti_id={ti_id}> finished with state success, but the task instance's state attribute is" in text:
+            return (
+                "NOTE: the scheduler failed this task on the stale 'success' of its deferring workload, which "
+                "exited after the trigger had already fired (Airflow race, apache/airflow#72716 and #71580); "
+                "the job was too short for this machine's load.\n"
+            )
+        return ""
+
     def diagnostics(
         self, dag_id: str | None = None, run_id: str | None = None, task_id: str | None = None, map_index: int = -1
     ) -> str:
@@ -783,7 +814,7 @@ class Session:
         self.timings["tests"][name] = round(seconds, 2)
         self.write_timings()
 
-    def record_jobs(self, name: str, slots: list[dict[str, float | None]]) -> None:
+    def record_jobs(self, name: str, slots: list[dict[str, Any]]) -> None:
         self.timings["jobs"][name] = slots
         self.write_timings()
 
@@ -820,9 +851,23 @@ def stop_shared_session() -> None:
         session.stop()
 
 
-def worker_slot_seconds(entries: list[Any]) -> dict[str, float | None]:
-    """How long the first worker phase held its slot: start to defer, and submit to defer (task log times)."""
+def worker_slot_seconds(
+    entries: list[Any], ti: dict[str, Any] | None = None, deployment: Deployment | None = None
+) -> dict[str, float | None]:
+    """How long each worker phase held its slot, from the task log's timestamps and the executor's records.
+
+    ``ti_start_to_defer_s``: from the task instance's start_date (the API marked it running) to the
+    "Pausing task as DEFERRED" line; ``start_to_defer_s`` from the task's first log line;
+    ``submit_to_defer_s`` from the "Submitted fal request" line; ``resume_phase_s`` the resumed phase;
+    ``defer_workload_s`` / ``resume_workload_s``: the executor's whole workload durations (process start
+    to supervisor exit) of the deferring and the resumed phase.
+    """
+    from datetime import datetime
+
     events = log_events(entries)
+    ti_start = None
+    if ti and ti.get("start_date"):
+        ti_start = datetime.fromisoformat(str(ti["start_date"]).replace("Z", "+00:00")).timestamp()
     start = first_time(events, "::group::Pre Execute")
     submitted = first_time(events, "Submitted fal request")
     deferred = first_time(events, "Pausing task as DEFERRED")
@@ -832,7 +877,21 @@ def worker_slot_seconds(entries: list[Any]) -> dict[str, float | None]:
     if len(pre) > 1:
         resumed = first_time([pre[1]], "")
     end = first_time(list(reversed(events)), "")
+    workloads: list[dict[str, Any]] = []
+    if deployment is not None and ti:
+        # The supervisor logs "Workload finished" just after the task's final state: give it a moment.
+        deadline = time.monotonic() + 10
+        while True:
+            workloads = deployment.workloads(ti["id"])
+            done = {w["final_state"] for w in workloads}
+            if time.monotonic() > deadline or ti.get("state") not in ("success", "failed") or ti["state"] in done:
+                break
+            time.sleep(0.2)
+    by_state = {w["final_state"]: w["duration_s"] for w in workloads}
     return {
+        "defer_workload_s": by_state.get("deferred"),
+        "resume_workload_s": by_state.get("success"),
+        "ti_start_to_defer_s": _delta(ti_start, deferred),
         "start_to_defer_s": _delta(start, deferred),
         "submit_to_defer_s": _delta(submitted, deferred),
         "resume_phase_s": _delta(resumed, end),

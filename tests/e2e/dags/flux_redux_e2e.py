@@ -12,6 +12,8 @@ from airflow_flux_redux.operators.flux_redux import FluxReduxOperator
 INPUT_IMAGE = os.environ.get("FLUX_REDUX_EXAMPLE_IMAGE", "/tmp/flux-redux-input.png")
 OUTPUT_DIR = os.environ.get("FLUX_REDUX_EXAMPLE_OUTPUT", "/tmp/flux-redux-output")
 MAPPED = int(os.environ.get("FLUX_REDUX_E2E_MAPPED", "20"))
+# Worker slots for the mapped DAG (max_active_tasks counts running and queued tasks, not deferred ones).
+MAPPED_SLOTS = 8
 RUN_FOLDER = "{{ run_id | replace(':', '_') | replace('+', '_') }}"
 
 with DAG(
@@ -40,9 +42,10 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     schedule=None,
     catchup=False,
-    max_active_tasks=64,
+    max_active_tasks=MAPPED_SLOTS,
     tags=["e2e"],
 ):
+    # More jobs than worker slots: they can all wait at once only because a deferred task frees its slot.
     FluxReduxOperator.partial(
         task_id="vary_many",
         image_url=INPUT_IMAGE,
