@@ -691,6 +691,139 @@ class _H2Body(httpx.AsyncByteStream):
             yield chunk
 
 
+class _StreamProtocol(asyncio.Protocol):
+    """Bytes from one socket, for ``_AsyncioStream.read``."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.eof = False
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.eof = True
+        self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None], error: Exception) -> None:
+    if not waiter.done():
+        waiter.set_exception(error)
+
+
+class _AsyncioStream(httpcore.AsyncNetworkStream):
+    """httpcore's network stream on a plain asyncio transport.
+
+    httpcore's default backend goes through anyio, whose cancel scope per read and write (``fail_after``)
+    and socket-stream layers cost about a fifth of a poll; a timer handle per blocking read does the same.
+    """
+
+    def __init__(self, transport: asyncio.Transport, protocol: _StreamProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        protocol = self._protocol
+        while not protocol.buffer:
+            if protocol.eof:
+                if protocol.error is not None:
+                    raise httpcore.ReadError(str(protocol.error) or type(protocol.error).__name__)
+                return b""
+            loop = asyncio.get_running_loop()
+            waiter = protocol.waiter = loop.create_future()
+            timer = (
+                loop.call_later(timeout, _expire, waiter, httpcore.ReadTimeout("read timed out")) if timeout else None
+            )
+            try:
+                await waiter
+            finally:
+                protocol.waiter = None
+                if timer is not None:
+                    timer.cancel()
+        data = bytes(protocol.buffer[:max_bytes])
+        del protocol.buffer[:max_bytes]
+        return data
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        if self._transport.is_closing():
+            raise httpcore.WriteError("the connection is closed")
+        self._transport.write(buffer)  # requests are small GETs: no need to wait for the buffer to drain
+
+    async def aclose(self) -> None:
+        self._transport.close()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport = await loop.start_tls(
+                    self._transport, self._protocol, ssl_context, server_hostname=server_hostname
+                )
+        except TimeoutError:
+            self._transport.close()
+            raise httpcore.ConnectTimeout("TLS handshake timed out") from None
+        except (OSError, ssl.SSLError) as err:
+            self._transport.close()
+            raise httpcore.ConnectError(str(err)) from None
+        if transport is None:
+            raise httpcore.ConnectError("the connection closed during the TLS handshake")
+        return _AsyncioStream(transport, self._protocol)  # type: ignore[arg-type]
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":  # an idle keep-alive connection the server closed, or that has stray data
+            return bool(self._protocol.buffer) or self._protocol.eof
+        name = {"ssl_object": "ssl_object", "client_addr": "sockname", "server_addr": "peername", "socket": "socket"}
+        return self._transport.get_extra_info(name[info]) if info in name else None
+
+
+class _AsyncioBackend(httpcore.AsyncNetworkBackend):
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport, protocol = await loop.create_connection(
+                    _StreamProtocol, host, port, local_addr=(local_address, 0) if local_address else None
+                )
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        except OSError as err:
+            raise httpcore.ConnectError(str(err)) from None
+        sock = transport.get_extra_info("socket")
+        for option in socket_options or ():
+            sock.setsockopt(*option)
+        return _AsyncioStream(transport, protocol)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+_ASYNCIO_BACKEND = _AsyncioBackend()
+
+
 class _Lane:
     """Connections to the connection's own origin for the waits' GETs: status polls, results, streams.
 
@@ -787,7 +920,9 @@ class _Lane:
     def connection(self, *, http2: bool | None = None) -> httpcore.AsyncHTTPConnection:
         use_h2 = self.http2 if http2 is None else http2
         h2c = use_h2 and self.origin.scheme == b"http"  # cleartext HTTP/2 only by prior knowledge
-        conn = httpcore.AsyncHTTPConnection(self.origin, ssl_context=self._ssl, http1=not h2c, http2=use_h2)
+        conn = httpcore.AsyncHTTPConnection(
+            self.origin, ssl_context=self._ssl, http1=not h2c, http2=use_h2, network_backend=_ASYNCIO_BACKEND
+        )
         self._open.add(conn)
         return conn
 
