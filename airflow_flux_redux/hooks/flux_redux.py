@@ -191,8 +191,26 @@ class FluxReduxSettings:
         return f"{self.base_url}/{self.endpoint}"
 
     def trusts(self, url: str | httpx.URL) -> bool:
+        if isinstance(url, str) and self.same_origin(url):
+            return True
         origin = _origin(url)
         return origin == self.origin or origin in self.allowed_origins
+
+    @cached_property
+    def origin_prefix(self) -> str:
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def same_origin(self, url: str) -> bool:
+        """True when ``url`` is on the base URL's origin; a prefix test first, since it runs at every poll.
+
+        Only an exact ``scheme://host[:port]`` prefix followed by ``/`` or ``?`` passes the quick test
+        (``https://host@evil`` does not); anything else is parsed.
+        """
+        prefix = self.origin_prefix
+        if url.startswith(prefix) and url[len(prefix) : len(prefix) + 1] in ("/", "?"):
+            return True
+        return _origin(url) == self.origin
 
     def require_trusted(self, url: str, what: str, request_id: str | None) -> None:
         """Refuse, before sending anything, a URL whose origin would receive the key without consent."""
@@ -536,16 +554,14 @@ class _H2Connection:
         self._reader_task: asyncio.Task[None] | None = None
         self.streams: dict[int, _H2Stream] = {}
         self.closed = False
-        self.settled = False
+        # Until the server's SETTINGS arrive, stay within the 100 streams RFC 9113 asks every server to allow.
+        self.capacity = 100
         self.error: Exception | None = None
 
-    @property
-    def capacity(self) -> int:
-        # Until the server's SETTINGS arrive, stay within the 100 streams RFC 9113 asks every server to allow.
-        return min(self._h2.remote_settings.max_concurrent_streams, 1000) if self.settled else 100
-
     def has_room(self) -> bool:
-        return not self.closed and len(self.streams) < self.capacity and self._h2.open_outbound_streams < self.capacity
+        # Every stream is ours and sent complete, so it is open until its answer ends or it is reset: the
+        # streams dict counts them (h2's own count walks all streams, at every new request).
+        return not self.closed and len(self.streams) < self.capacity
 
     async def connect(self) -> None:
         origin = self._lane.origin
@@ -619,7 +635,7 @@ class _H2Connection:
                         stream.error = httpx.RemoteProtocolError(f"the server reset the stream ({event.error_code})")
                         del self.streams[event.stream_id]
                     elif isinstance(event, h2.events.RemoteSettingsChanged):
-                        self.settled = True
+                        self.capacity = min(self._h2.remote_settings.max_concurrent_streams, 1000)
                     elif isinstance(event, h2.events.ConnectionTerminated):
                         self._goaway(event.last_stream_id)
                         continue
@@ -858,7 +874,7 @@ class _Lane:
         )
         self._idle: list[httpcore.AsyncHTTPConnection] = []  # HTTP/1.1: one request per connection at a time
         self.http1_streams = 0
-        self._targets: dict[str, httpcore.URL] = {}
+        self.prefix = settings.origin_prefix
         self._open: weakref.WeakSet[httpcore.AsyncHTTPConnection] = weakref.WeakSet()
         self._h2_headers = [(name.lower(), value) for name, value in self.headers if name != b"Host"]
         self._h2: list[_H2Connection] = []
@@ -867,6 +883,8 @@ class _Lane:
     async def h2_connection(self) -> _H2Connection:
         """An HTTP/2 connection with room for one more stream; opens one (only one at a time) when all are full."""
         while True:
+            if self._h2 and self._h2[-1].has_room():  # the newest first: the others are usually full
+                return self._h2[-1]
             for conn in self._h2:
                 if conn.has_room():
                     return conn
@@ -927,13 +945,12 @@ class _Lane:
         return conn
 
     def request(self, url: str, *, read_timeout: float | None = None) -> httpcore.Request:
-        target = self._targets.get(url)
-        if target is None:
-            if len(self._targets) > 65536:
-                self._targets.clear()
+        rest = url[len(self.prefix) :] if url.startswith(self.prefix) else ""
+        if rest[:1] == "/" and rest.isascii() and rest.isprintable() and " " not in rest:
+            path = rest.encode()  # the server's own URL, already encoded: sent as it came
+        else:
             path = httpx.URL(url).raw_path
-            target = httpcore.URL(scheme=self.origin.scheme, host=self.origin.host, port=self.origin.port, target=path)
-            self._targets[url] = target
+        target = httpcore.URL(scheme=self.origin.scheme, host=self.origin.host, port=self.origin.port, target=path)
         extensions = self.extensions if read_timeout is None else {"timeout": self._timeouts(read_timeout)}
         return httpcore.Request(b"GET", target, headers=self.headers, extensions=extensions)
 
@@ -1298,7 +1315,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         """A GET on the poll lane when ``url`` is on the connection's own origin, else through the client."""
         settings = self._settings or await self.aget_settings()
         settings.require_trusted(url, op, request_id)
-        if _origin(url) != settings.origin:
+        if not settings.same_origin(url):
             return await self._call(op, "GET", url, request_id)
         lane = ASYNC_CLIENTS.entry(settings).lane
 
@@ -1410,7 +1427,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         A stream holds its HTTP/1.1 connection for the whole wait: through the client's pool, the streams
         past its connection limit would queue behind the others for the length of a job.
         """
-        if _origin(url) != settings.origin:
+        if not settings.same_origin(url):
             client, _ = ASYNC_CLIENTS.get(settings)
             timeout = httpx.Timeout(settings.timeout, read=max(60.0, settings.timeout))
             async with client.stream("GET", url, headers={"Accept": "text/event-stream"}, timeout=timeout) as response:
