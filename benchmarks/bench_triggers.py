@@ -55,6 +55,8 @@ WAITERS: dict[str, tuple[str, str, str]] = {
     "flux-poll-h2": ("hypercorn", "FluxReduxTrigger poll, HTTP/2", "poll"),
     "flux-stream": ("uvicorn", "FluxReduxTrigger stream (SSE), HTTP/1.1", "job"),
     "flux-stream-h2": ("hypercorn", "FluxReduxTrigger stream (SSE), HTTP/2", "job"),
+    "flux-stream-h2-quiet": ("hypercorn", "  same, forward_logs=False", "job"),
+    "flux-stream-h2-long": ("hypercorn", "  same, jobs run 30-90 s (spread)", "job"),
     "http-session": ("uvicorn", "Airflow HttpAsyncHook session loop", "poll"),
     "http-event": ("uvicorn", "Airflow HttpEventTrigger", "poll"),
     "fal-client": ("uvicorn", "fal-client 1.0.3 AsyncClient", "poll"),
@@ -126,7 +128,7 @@ async def _submit_all(url: str, n: int, timing: dict[str, float]) -> tuple[list[
     return handles, finishes
 
 
-def _flux_waiter(mode: str):
+def _flux_waiter(mode: str, forward_logs: bool = True):
     from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger
 
     async def wait(handle: dict[str, Any]) -> str:
@@ -138,6 +140,7 @@ def _flux_waiter(mode: str):
             deadline=time.time() + 3600,
             poll_interval=P,
             wait_mode=mode,
+            forward_logs=forward_logs,
         )
         async for event in trigger.run():
             return str(event.payload["status"])
@@ -208,7 +211,7 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     name, n, url = spec["waiter"], spec["n"], spec["url"]
     if name.startswith("flux-"):
-        waiter = _flux_waiter("stream" if "stream" in name else "poll")
+        waiter = _flux_waiter("stream" if "stream" in name else "poll", forward_logs=not name.endswith("-quiet"))
     else:
         waiter = {"http-session": _http_session_waiter, "http-event": _http_event_waiter}.get(name, _fal_client_waiter)(
             url
@@ -410,7 +413,13 @@ def _plan(quick: bool) -> tuple[list[tuple[str, int]], dict[str, float]]:
     for n in (100, 1000, 5000, 10000):
         rows += [(name, n) for name in ("flux-poll", "flux-poll-h2", "flux-stream", "flux-stream-h2")]
         rows += [(name, n) for name in YARDSTICKS if n <= (1000 if name == "fal-client" else 5000)]
+    rows.append(("flux-stream-h2-long", 10000))
     return rows, timing
+
+
+# Completions of 10,000 ~10 s jobs started together arrive at ~3,000 a second; this row spreads them
+# (~170 a second), as a day's batch in a triggerer would.
+LONG_TIMING = {"q_lo": 0.5, "q_hi": 1.5, "r_lo": 30.0, "r_hi": 90.0}
 
 
 def main() -> None:
@@ -460,12 +469,16 @@ def main() -> None:
             server = servers[kind]
             server.reset()
             spec = {
-                "waiter": name, "n": n, "url": server.url, "http2": name.endswith("-h2"), "timing": timing,
+                "waiter": name, "n": n, "url": server.url, "http2": "-h2" in name,
+                "timing": LONG_TIMING if name.endswith("-long") else timing,
                 "grace": grace, "server_pid": server._process.pid if server._process else os.getpid(),
             }  # fmt: skip
             if args.profile:
                 spec["profile"] = os.path.abspath(f"{args.profile}.{name}.{n}.txt")
-            result = _spawn(["--child", json.dumps(spec)], timeout=timing["r_hi"] + timing["q_hi"] + grace + 120)
+            row_timing = spec["timing"]
+            result = _spawn(
+                ["--child", json.dumps(spec)], timeout=row_timing["r_hi"] + row_timing["q_hi"] + grace + 120
+            )
             stats = server.stats(summary=True)["requests_by_route"]
             results.append((name, n, result, stats))
             print(_row(name, n, result, stats), flush=True)
@@ -555,22 +568,18 @@ def _summary(
         target(f"poll N=1,000: {poll[0]['connections']} connections opened, none per poll", poll[0]["connections"] < 50)
     else:
         target("poll N=1,000", None)
-    best = None
-    for name in ("flux-stream-h2", "flux-stream", "flux-poll-h2", "flux-poll"):
-        entry = by.get((name, 10000))
-        if entry and entry[0]["done"] == 10000:
-            cores = entry[0]["cpu"] / entry[0]["wall"]
-            score = (entry[0]["p99"] <= 1.0 and cores <= 0.5 and entry[0]["rss_per_waiter"] <= 30 * 1024, name)
-            if best is None or score > best[0]:
-                best = (score, name, entry[0], cores)
-    if best:
-        _, name, entry, cores = best
+    ten_k = [(name, by[(name, 10000)][0]) for name in WAITERS if name.startswith("flux") and (name, 10000) in by]
+    for name, entry in ten_k:
+        cores = entry["cpu"] / entry["wall"]
+        label = WAITERS[name][1].strip()
+        if name.endswith("-long") or name.endswith("-quiet"):
+            label = f"stream (SSE), HTTP/2, {label.removeprefix('same, ')}"
         target(
-            f"10,000 waits ({WAITERS[name][1]}): p99 {_fmt_seconds(entry['p99'])} ≤ 1 s, {cores:.2f} core ≤ 0.5, "
+            f"10,000 waits, {label}: p99 {_fmt_seconds(entry['p99'])} ≤ 1 s, {cores:.2f} core ≤ 0.5, "
             f"{entry['rss_per_waiter'] / 1024:.1f} KB ≤ 30",
-            best[0][0],
+            entry["done"] == 10000 and entry["p99"] <= 1.0 and cores <= 0.5 and entry["rss_per_waiter"] <= 30 * 1024,
         )
-    else:
+    if not ten_k:
         target("10,000 waits", None)
     stream = [by.get((name, 100)) for name in ("flux-stream", "flux-stream-h2")]
     p99s = [(entry[0]["p99"], name) for entry, name in zip(stream, ("HTTP/1.1", "HTTP/2"), strict=True) if entry]
