@@ -131,7 +131,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         poll_interval: float = 1.0,
         timeout: float | timedelta = timedelta(hours=1),
         cancel_on_kill: bool = True,
-        wait_mode: WaitMode = "poll",
+        wait_mode: WaitMode = "auto",
         max_input_bytes: int = 10 * 1024 * 1024,
         max_image_bytes: int = 64 * 1024 * 1024,
         **kwargs: Any,
