@@ -1,0 +1,177 @@
+"""The connection's settings: what every call needs, resolved once from an Airflow connection.
+
+Its own module because both the hook and the transport (``_transport``) read it, and the transport must
+not import the hook.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import weakref
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from airflow_flux_redux.exceptions import FluxReduxConfigError, FluxReduxUntrustedUrlError
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from airflow.providers.common.compat.sdk import Connection
+
+DEFAULT_BASE_URL = "https://queue.fal.run"
+DEFAULT_ENDPOINT = "fal-ai/flux-1/schnell/redux"
+OPTIONAL_HEADERS = {
+    "queue_priority": "X-Fal-Queue-Priority",
+    "request_timeout": "X-Fal-Request-Timeout",
+    "runner_hint": "X-Fal-Runner-Hint",
+    "no_retry": "X-Fal-No-Retry",
+    "store_io": "X-Fal-Store-IO",
+}
+
+
+def _origin(url: str | httpx.URL) -> tuple[str, str, int]:
+    return _origin_of(str(url))
+
+
+@functools.lru_cache(maxsize=16384)
+def _origin_of(url: str) -> tuple[str, str, int]:
+    # Cached: every poll checks its URL's origin twice (require_trusted, then the auth guard).
+    parts = httpx.URL(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.host.lower(), port
+
+
+def _parse_allowed_hosts(value: Any) -> frozenset[tuple[str, str, int]]:
+    """``allowed_hosts`` entries: ``https://host[:port]`` exactly, or a bare ``host[:port]`` meaning https."""
+    if not value:
+        return frozenset()
+    entries = value.split(",") if isinstance(value, str) else list(value)
+    origins = set()
+    for raw in entries:
+        entry = str(raw).strip()
+        if not entry:
+            continue
+        origins.add(_origin(entry if "://" in entry else f"https://{entry}"))
+    return frozenset(origins)
+
+
+@dataclass(frozen=True)
+class FluxReduxSettings:
+    """Everything a call needs, resolved once from the connection. The key never shows in ``repr``."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+    auth_scheme: str = "Key"
+    endpoint: str = DEFAULT_ENDPOINT
+    timeout: float = 30.0
+    max_retries: int = 5
+    retry_initial_wait: float = 0.5
+    retry_max_wait: float = 30.0
+    allowed_origins: frozenset[tuple[str, str, int]] = frozenset()
+    headers: tuple[tuple[str, str], ...] = ()
+    http2: bool = False
+    max_in_flight: int = 64
+
+    @classmethod
+    def from_connection(cls, conn: Connection | None) -> FluxReduxSettings:
+        extra = conn.extra_dejson if conn is not None else {}
+        host = (conn.host or "").strip() if conn is not None else ""
+        if host and "://" not in host:
+            host = f"https://{host}"
+        if host and conn is not None and conn.port and not urlsplit(host).port:
+            host = f"{host.rstrip('/')}:{conn.port}"
+        api_key = ((conn.password if conn is not None else None) or os.environ.get("FAL_KEY") or "").strip()
+        if not api_key:
+            raise FluxReduxConfigError(
+                "No API key: set the connection's password (API key) or the FAL_KEY environment variable."
+            )
+        scheme = str(extra.get("auth_scheme") or "Key").strip()
+        if scheme not in ("Key", "Bearer"):
+            raise FluxReduxConfigError(f"Connection extra auth_scheme={scheme!r}; allowed: Key (fal) or Bearer.")
+        headers = tuple(
+            (header, str(extra[name]).lower() if isinstance(extra[name], bool) else str(extra[name]))
+            for name, header in OPTIONAL_HEADERS.items()
+            if extra.get(name) not in (None, "")
+        )
+        try:
+            return cls(
+                base_url=(host or DEFAULT_BASE_URL).rstrip("/"),
+                api_key=api_key,
+                auth_scheme=scheme,
+                endpoint=str(extra.get("endpoint") or DEFAULT_ENDPOINT).strip("/"),
+                timeout=float(extra.get("timeout", 30.0)),
+                max_retries=int(extra.get("max_retries", 5)),
+                retry_initial_wait=float(extra.get("retry_initial_wait", 0.5)),
+                retry_max_wait=float(extra.get("retry_max_wait", 30.0)),
+                allowed_origins=_parse_allowed_hosts(extra.get("allowed_hosts")),
+                headers=headers,
+                http2=bool(extra.get("http2", False)),
+                max_in_flight=int(extra.get("max_in_flight", 64)),
+            )
+        except (TypeError, ValueError) as err:
+            raise FluxReduxConfigError(f"Connection extra has a bad number: {err}") from None
+
+    @cached_property
+    def origin(self) -> tuple[str, str, int]:
+        return _origin(self.base_url)
+
+    @cached_property
+    def authorization(self) -> str:
+        return f"{self.auth_scheme} {self.api_key}"
+
+    @cached_property
+    def client_key(self) -> str:
+        """Tells pooled clients apart without keeping the key itself as a dict key."""
+        digest = hashlib.sha256(f"{self.base_url}\0{self.authorization}\0{self.http2}".encode()).hexdigest()
+        return digest[:32]
+
+    @property
+    def submit_url(self) -> str:
+        return f"{self.base_url}/{self.endpoint}"
+
+    def trusts(self, url: str | httpx.URL) -> bool:
+        if isinstance(url, str) and self.same_origin(url):
+            return True
+        origin = _origin(url)
+        return origin == self.origin or origin in self.allowed_origins
+
+    @cached_property
+    def origin_prefix(self) -> str:
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def same_origin(self, url: str) -> bool:
+        """True when ``url`` is on the base URL's origin; a prefix test first, since it runs at every poll.
+
+        Only an exact ``scheme://host[:port]`` prefix followed by ``/`` or ``?`` passes the quick test
+        (``https://host@evil`` does not); anything else is parsed.
+        """
+        prefix = self.origin_prefix
+        if url.startswith(prefix) and url[len(prefix) : len(prefix) + 1] in ("/", "?"):
+            return True
+        return _origin(url) == self.origin
+
+    def require_trusted(self, url: str, what: str, request_id: str | None) -> None:
+        """Refuse, before sending anything, a URL whose origin would receive the key without consent."""
+        if not self.trusts(url):
+            scheme, host, port = _origin(url)
+            raise FluxReduxUntrustedUrlError(
+                f"The {what} URL {scheme}://{host}:{port} is not on the connection's origin "
+                f"{self.origin[0]}://{self.origin[1]}:{self.origin[2]}; nothing was sent. If that host is "
+                f'yours, trust it with the connection extra allowed_hosts (e.g. "{scheme}://{host}:{port}").',
+                request_id=request_id,
+            )
+
+
+# A triggerer's hooks share the connection's settings per loop and conn id for this long: a thousand
+# triggers starting together look the connection up once, and a changed key is picked up within it.
+SETTINGS_TTL = 30.0
+_SETTINGS_CACHE: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[FluxReduxSettings]]]
+] = weakref.WeakKeyDictionary()
