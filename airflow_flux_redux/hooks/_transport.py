@@ -31,17 +31,22 @@ if TYPE_CHECKING:
 _SSL_CONTEXT: ssl.SSLContext | None = None
 
 
+def _new_ssl_context(alpn: list[str] | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    with contextlib.suppress(ImportError):
+        import certifi
+
+        context.load_verify_locations(certifi.where())
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    return context
+
+
 def _ssl_context() -> ssl.SSLContext:
     """One SSL context per process: building one loads the CA bundle (~25 ms, ~850 KB)."""
     global _SSL_CONTEXT
     if _SSL_CONTEXT is None:
-        _SSL_CONTEXT = ssl.create_default_context()
-        try:
-            import certifi
-
-            _SSL_CONTEXT.load_verify_locations(certifi.where())
-        except ImportError:
-            pass
+        _SSL_CONTEXT = _new_ssl_context()
     return _SSL_CONTEXT
 
 
@@ -332,13 +337,7 @@ def _h2_ssl_context() -> ssl.SSLContext:
     """Like ``_ssl_context()``, offering only h2 by ALPN (one per process as well)."""
     global _H2_SSL_CONTEXT
     if _H2_SSL_CONTEXT is None:
-        context = ssl.create_default_context()
-        with contextlib.suppress(ImportError):
-            import certifi
-
-            context.load_verify_locations(certifi.where())
-        context.set_alpn_protocols(["h2"])
-        _H2_SSL_CONTEXT = context
+        _H2_SSL_CONTEXT = _new_ssl_context(["h2"])
     return _H2_SSL_CONTEXT
 
 
