@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import API_KEY, connection_json
-from tests.e2e.standalone import Session, session_fixture, timed
+from tests.conftest import API_KEY
+from tests.e2e.standalone import Session, timed
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -70,11 +70,6 @@ def _require_browser() -> Any:
             pytest.fail(reason + " -- CI must install both", pytrace=False)
         pytest.skip(reason)
     return sync_playwright
-
-
-@pytest.fixture(scope="session")
-def airflow_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    yield from session_fixture(tmp_path_factory, API_KEY, connection_json)
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import API_KEY, connection_json
 from tests.e2e.standalone import (
     DeploymentError,
     Session,
     check_images,
     first_time,
     log_events,
-    session_fixture,
-    timed,
     wait_for,
     wait_trigger_running,
     worker_slot_seconds,
@@ -33,20 +30,14 @@ MAPPED_DAG, MAPPED_TASK = "e2e_flux_redux_mapped", "vary_many"
 MAPPED_SLOTS = 8  # max_active_tasks of the mapped DAG (tests/e2e/dags/flux_redux_e2e.py)
 
 
-@pytest.fixture(scope="session")
-def airflow_session(tmp_path_factory):
-    yield from session_fixture(tmp_path_factory, API_KEY, connection_json)
-
-
-@pytest.fixture
-def e2e(airflow_session: Session, request: pytest.FixtureRequest):
-    airflow_session.reset_emulator()
-    with timed(airflow_session, request.node.name):
-        yield airflow_session
-
-
 def job_stats(session: Session, request_id: str) -> dict:
     return session.emulator.stats()["requests"][request_id]
+
+
+def waits_seen(session: Session, request_id: str) -> int:
+    """Status polls plus status streams opened: a trigger waits either way (wait_mode auto)."""
+    job = job_stats(session, request_id)
+    return job["status_polls"] + job["stream_opens"]
 
 
 def test_a_marked_failed_while_deferred_cancels_the_remote_job(e2e: Session) -> None:
@@ -96,8 +87,8 @@ def test_b_stalled_triggerer_wakes_up_without_cancelling_the_moved_job(e2e: Sess
             0.25,
             lambda: d.diagnostics(DAG_ID, run_id, TASK_ID),
         )
-        polls = job_stats(e2e, request_id)["status_polls"]
-        wait_for("the new copy to poll", lambda: job_stats(e2e, request_id)["status_polls"] > polls, 20, 0.2)
+        before = waits_seen(e2e, request_id)
+        wait_for("the new copy to wait on the job", lambda: waits_seen(e2e, request_id) > before, 20, 0.2)
     finally:
         d.resume_triggerer(stalled)
 

@@ -12,12 +12,10 @@ import time
 
 import pytest
 
-from tests.conftest import API_KEY, connection_json
+from tests.conftest import API_KEY
 from tests.e2e.standalone import (
     Session,
     check_images,
-    session_fixture,
-    timed,
     wait_for,
     wait_trigger_running,
     worker_slot_seconds,
@@ -26,18 +24,6 @@ from tests.e2e.standalone import (
 pytestmark = pytest.mark.airflow
 DAG_ID, TASK_ID = "example_flux_redux", "vary_image"
 TRIGGER_CLASSPATH = "airflow_flux_redux.triggers.flux_redux.FluxReduxTrigger"
-
-
-@pytest.fixture(scope="session")
-def airflow_session(tmp_path_factory):
-    yield from session_fixture(tmp_path_factory, API_KEY, connection_json)
-
-
-@pytest.fixture
-def e2e(airflow_session: Session, request: pytest.FixtureRequest):
-    airflow_session.reset_emulator()
-    with timed(airflow_session, request.node.name):
-        yield airflow_session
 
 
 def assert_no_secret(session: Session, run_id: str, *texts: str) -> None:
