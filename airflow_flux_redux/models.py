@@ -206,6 +206,16 @@ class ErrorDetail(_Response):
     loc: list[Any] = Field(default_factory=list)
 
 
+def _error_detail(entry: Any) -> ErrorDetail:
+    """One ``detail`` entry, whatever a gateway put there: never an exception while reading an error."""
+    if isinstance(entry, dict):
+        try:
+            return ErrorDetail.model_validate(entry)
+        except ValidationError:
+            pass
+    return ErrorDetail(msg=str(entry)[:200])
+
+
 def parse_error_body(body: Any) -> tuple[str | None, str]:
     """(error type, message) from either of fal's error shapes: a ``detail`` list or a flat detail."""
     if not isinstance(body, dict):
@@ -213,7 +223,7 @@ def parse_error_body(body: Any) -> tuple[str | None, str]:
     detail = body.get("detail")
     error_type = body.get("error_type")
     if isinstance(detail, list) and detail:
-        entries = [ErrorDetail.model_validate(d) if isinstance(d, dict) else ErrorDetail(msg=str(d)) for d in detail]
+        entries = [_error_detail(entry) for entry in detail]
         first_type = next((e.type for e in entries if e.type), None)
         return error_type or first_type, "; ".join(e.msg or e.type for e in entries)
     if detail is not None:

@@ -91,6 +91,12 @@ class FluxReduxSettings:
             raise FluxReduxConfigError(
                 "No API key: set the connection's password (API key) or the FAL_KEY environment variable."
             )
+        if not all(" " < char <= "~" for char in api_key):
+            # An HTTP library would refuse the header and quote the key in its error: say it here, without it.
+            raise FluxReduxConfigError(
+                "The API key has a space, control or non-ASCII character (a pasted line break?); "
+                "set it again in the connection's password."
+            )
         scheme = str(extra.get("auth_scheme") or "Key").strip()
         if scheme not in ("Key", "Bearer"):
             raise FluxReduxConfigError(f"Connection extra auth_scheme={scheme!r}; allowed: Key (fal) or Bearer.")
@@ -128,7 +134,10 @@ class FluxReduxSettings:
     @cached_property
     def client_key(self) -> str:
         """Tells pooled clients apart without keeping the key itself as a dict key."""
-        digest = hashlib.sha256(f"{self.base_url}\0{self.authorization}\0{self.http2}".encode()).hexdigest()
+        # Everything a pooled client is built from: connections differing in any of it never share one.
+        parts = (self.base_url, self.authorization, self.http2, sorted(self.allowed_origins), self.timeout,
+                 self.max_in_flight)  # fmt: skip
+        digest = hashlib.sha256(repr(parts).encode()).hexdigest()
         return digest[:32]
 
     @property

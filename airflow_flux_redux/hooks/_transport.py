@@ -532,14 +532,23 @@ class _Lane:
                 if conn.has_room():
                     return conn
             self._h2 = [conn for conn in self._h2 if not conn.closed]
-            if self._h2_opening is not None:
-                await asyncio.shield(self._h2_opening)
+            if (pending := self._h2_opening) is not None:
+                try:
+                    await asyncio.shield(pending)
+                except asyncio.CancelledError:
+                    # The opener was cancelled, not this waiter: try to open one ourselves.
+                    task = asyncio.current_task()
+                    if not pending.cancelled() or (task is not None and task.cancelling()):
+                        raise
                 continue
             opening = self._h2_opening = asyncio.get_running_loop().create_future()
             conn = _H2Connection(self)
             try:
                 await conn.connect()
-            except BaseException as err:
+            except asyncio.CancelledError:
+                opening.cancel()
+                raise
+            except Exception as err:
                 opening.set_exception(err)
                 opening.exception()
                 raise

@@ -439,15 +439,26 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         per_loop = _SETTINGS_CACHE.get(loop)
         if per_loop is None:
             per_loop = _SETTINGS_CACHE[loop] = {}
-        now = time.monotonic()
-        cached = per_loop.get(self.flux_redux_conn_id)
-        if cached is not None and cached[0] > now:
-            return await asyncio.shield(cached[1])
+        while True:
+            now = time.monotonic()
+            cached = per_loop.get(self.flux_redux_conn_id)
+            if cached is None or cached[0] <= now:
+                break
+            try:
+                return await asyncio.shield(cached[1])
+            except asyncio.CancelledError:
+                # The hook that was loading got cancelled, not this one: load again ourselves.
+                if not cached[1].cancelled() or _being_cancelled():
+                    raise
         future: asyncio.Future[FluxReduxSettings] = loop.create_future()
         per_loop[self.flux_redux_conn_id] = (now + SETTINGS_TTL, future)
         try:
             settings = self._use_settings(FluxReduxSettings.from_connection(await self._aconnection()))
-        except BaseException as err:
+        except asyncio.CancelledError:
+            per_loop.pop(self.flux_redux_conn_id, None)
+            future.cancel()
+            raise
+        except Exception as err:
             per_loop.pop(self.flux_redux_conn_id, None)
             future.set_exception(err)
             future.exception()  # marks it retrieved; hooks waiting on it get it through their own await
@@ -566,8 +577,15 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         settings.require_trusted(url, "status stream", handle.request_id)
         try:
             async with self._open_stream(settings, _with_logs(url, logs), fallback_when_busy) as response:
-                if response.status_code in (404, 405, 501) or (
-                    response.status_code < 300 and "text/event-stream" not in response.headers.get("content-type", "")
+                code = response.status_code
+                # A gateway without the stream answers some 4xx or 501; 401 and 429 mean what they say.
+                if (
+                    (400 <= code < 500 and code not in (401, 403, 408, 429))
+                    or code == 501
+                    or (
+                        response.status_code < 300
+                        and "text/event-stream" not in response.headers.get("content-type", "")
+                    )
                 ):
                     raise StreamUnsupportedError(f"HTTP {response.status_code}", request_id=handle.request_id)
                 if response.status_code >= 300:
@@ -662,6 +680,11 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
             await asyncio.sleep(delay)
 
 
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class StreamUnsupportedError(FluxReduxError):
     """The server does not serve the status stream; poll instead."""
 
@@ -747,7 +770,10 @@ class _DownloadCheck:
                 f"image download from {response.url.host} sent Content-Type {self.content_type or 'none'!r}; "
                 f"expected one of {', '.join(_IMAGE_TYPES)}"
             )
-        declared = int(response.headers.get("content-length") or 0)
+        try:
+            declared = int(response.headers.get("content-length") or 0)
+        except ValueError:
+            declared = 0  # a bad header; the streamed byte count still enforces the cap
         if declared > max_bytes:
             raise FluxReduxProtocolError(f"image at {response.url.host} is {declared} bytes; the cap is {max_bytes}")
 

@@ -213,9 +213,13 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             # A task retry would submit again and could pay twice: fail without retries, say what to check.
             raise AirflowFailException(str(err)) from err
         self.log.info("Submitted fal request %s (queue position %s)", handle.request_id, handle.queue_position)
-        ti = context["ti"]
-        ti.xcom_push(key=XCOM_REQUEST_ID, value=handle.request_id)
-        ti.xcom_push(key=XCOM_STATUS_URL, value=handle.status_url)
+        try:
+            ti = context["ti"]
+            ti.xcom_push(key=XCOM_REQUEST_ID, value=handle.request_id)
+            ti.xcom_push(key=XCOM_STATUS_URL, value=handle.status_url)
+        except Exception as err:
+            # The id must still reach the state store (the mixin stores what we return), or a retry pays twice.
+            self.log.warning("Could not push request %s to XCom: %s", handle.request_id, err)
         self._handle = handle
         return {**handle.model_dump(mode="json"), "deadline": time.time() + self.timeout}
 
@@ -327,14 +331,18 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         folder.mkdir(parents=True, exist_ok=True)
         safe_id = re.sub(r"[^A-Za-z0-9_-]", "_", request_id)[:100]
         if url.startswith("data:"):
-            content_type, data = _decode_data_uri(url)
-            target = folder / f"{safe_id}_{index}.{_EXTENSIONS.get(content_type, 'bin')}"
+            content_type, data = _decode_data_uri(url, self.max_image_bytes)
+            target = folder / f"{safe_id}_{index}.{_EXTENSIONS[content_type]}"
             with target.open("wb") as sink:
                 sink.write(data)
             return str(target)
         partial = folder / f"{safe_id}_{index}.part"
-        with partial.open("wb") as sink:
-            download = self.hook.download(url, sink, max_bytes=self.max_image_bytes)
+        try:
+            with partial.open("wb") as sink:
+                download = self.hook.download(url, sink, max_bytes=self.max_image_bytes)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         target = folder / f"{safe_id}_{index}.{_EXTENSIONS.get(download.content_type, 'bin')}"
         partial.rename(target)
         return str(target)
@@ -401,10 +409,18 @@ def _data_uri(path: Any, max_bytes: int) -> str:
     return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _decode_data_uri(url: str) -> tuple[str, bytes]:
+def _decode_data_uri(url: str, max_bytes: int) -> tuple[str, bytes]:
+    """An inline image (``sync_mode``), with the same type check and size cap as a download."""
     header, _, data = url.partition(",")
-    content_type = header[5:].split(";")[0] or "application/octet-stream"
+    content_type = header[5:].split(";")[0].strip().lower()
+    if ";base64" not in header.lower() or content_type not in _EXTENSIONS:
+        raise FluxReduxProtocolError(
+            f"an image came back as a data URI of type {content_type or 'none'!r} (not base64 or not "
+            f"one of {', '.join(_EXTENSIONS)}); not saved"
+        )
+    if len(data) * 3 // 4 > max_bytes:
+        raise FluxReduxProtocolError(f"an inline image is over the cap of {max_bytes} bytes (max_image_bytes)")
     try:
-        return content_type, base64.b64decode(data, validate=False)
+        return content_type, base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
-        raise FluxReduxProtocolError("an image came back as a data URI that is not base64") from None
+        raise FluxReduxProtocolError("an image came back as a data URI that is not valid base64") from None

@@ -152,6 +152,11 @@ class FluxReduxTrigger(BaseTrigger):
         except FluxReduxError as err:
             yield TriggerEvent(event_payload("error", handle, str(err)))
             return
+        except Exception as err:
+            # Never die without an event: the task would wait for nothing until someone notices.
+            self.log.exception("Unexpected error waiting on %s", handle.request_id)
+            yield TriggerEvent(event_payload("error", handle, f"{type(err).__name__} while waiting: {err}"))
+            return
         yield TriggerEvent(await self._finish(hook, handle, final))
 
     async def _until_completed(self, hook: FluxReduxAsyncHook, handle: QueueHandle) -> QueueStatus:
@@ -216,6 +221,11 @@ class FluxReduxTrigger(BaseTrigger):
     async def _expire(self, hook: FluxReduxAsyncHook, handle: QueueHandle) -> dict[str, Any]:
         try:
             outcome = await hook.cancel(handle)
+            if outcome == "ALREADY_COMPLETED":
+                # It finished as the deadline passed: a paid result, not a timeout.
+                status = await hook.status(handle, logs=False)
+                if status.status is QueueState.COMPLETED:
+                    return await self._finish(hook, handle, status)
         except FluxReduxError as err:
             outcome = f"cancel failed: {err}"
         error = FluxReduxTimeoutError(

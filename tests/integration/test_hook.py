@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import httpx
@@ -323,3 +324,24 @@ def test_huge_image_is_cut_off_at_the_cap(flux_conn, image_uri) -> None:
     flux_conn.set_faults([{"route": "file", "kind": "huge_file", "bytes": 5_000_000}])
     with pytest.raises(FluxReduxProtocolError, match="cap"):
         hook.download(result.images[0].url, io.BytesIO(), max_bytes=1_000_000)
+
+
+@pytest.mark.parametrize("bad", ["key-with\nnewline-0123456789", "key\x00secret-0123456789", "kéy-0123456789"])
+def test_a_key_no_header_can_carry_is_refused_without_quoting_it(flux_conn, monkeypatch, bad) -> None:
+    from airflow_flux_redux.exceptions import FluxReduxConfigError
+
+    conn = json.loads(connection_json(flux_conn.url))
+    monkeypatch.setenv("AIRFLOW_CONN_FLUX_REDUX_DEFAULT", json.dumps({**conn, "password": bad}))
+    with pytest.raises(FluxReduxConfigError, match="line break") as info:
+        FluxReduxHook().settings  # noqa: B018
+    assert bad.strip() not in str(info.value) and "secret" not in str(info.value)
+
+
+def test_connections_that_differ_in_trust_never_share_a_client() -> None:
+    from airflow_flux_redux.hooks.flux_redux import FluxReduxSettings
+
+    plain = FluxReduxSettings(base_url="https://q.example", api_key="k")
+    trusting = FluxReduxSettings(
+        base_url="https://q.example", api_key="k", allowed_origins=frozenset({("https", "cdn", 443)})
+    )
+    assert plain.client_key != trusting.client_key

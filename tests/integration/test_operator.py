@@ -208,3 +208,12 @@ def test_openlineage_links_input_image_to_output_images(flux_conn, input_file, t
     assert sorted(d.name for d in lineage.outputs) == sorted(
         image["path"].removeprefix("file://") for image in result["images"]
     )
+
+
+def test_inline_images_are_capped_like_downloads(flux_conn, image_uri, tmp_path) -> None:
+    from airflow_flux_redux.exceptions import FluxReduxProtocolError
+
+    op = operator(image_url=image_uri, deferrable=False, sync_mode=True, output_path=str(tmp_path), max_image_bytes=10)
+    with pytest.raises(FluxReduxProtocolError, match="max_image_bytes"):
+        op.execute(context())
+    assert not list(tmp_path.iterdir())

@@ -167,3 +167,43 @@ def _handle(event: dict):
     from airflow_flux_redux.models import QueueHandle
 
     return QueueHandle(**{k: event[k] for k in ("request_id", "status_url", "response_url", "cancel_url")})
+
+
+async def test_gateway_error_body_of_any_shape_ends_in_one_event(flux_conn, image_uri) -> None:
+    body = {"detail": [{"loc": "body", "msg": 3}]}
+    flux_conn.set_faults([{"route": "status", "kind": "status", "code": 400, "body": body, "times": -1}])
+    (event,) = await events(make_trigger(image_uri, wait_mode="poll"))
+    assert event["status"] == "error" and "400" in event["message"]
+
+
+async def test_job_done_as_the_deadline_passes_is_a_success(flux_conn, image_uri) -> None:
+    trigger = make_trigger(image_uri, deadline_in=-1)
+    FluxReduxHook().wait(trigger.handle, poll_interval=0.05)
+    (event,) = await events(trigger)
+    assert event["status"] == "success" and event["result"]["images"]
+    assert not flux_conn.stats()["requests"][trigger.request_id]["cancelled"]
+
+
+async def test_auto_falls_back_when_a_gateway_refuses_the_stream_with_400(flux_conn, image_uri) -> None:
+    flux_conn.set_faults([{"route": "stream", "kind": "status", "code": 400, "times": -1}])
+    (event,) = await events(make_trigger(image_uri, wait_mode="auto"))
+    assert event["status"] == "success"
+
+
+async def test_a_cancelled_settings_load_does_not_cancel_the_others(flux_conn, monkeypatch) -> None:
+    from airflow_flux_redux.hooks.flux_redux import FluxReduxAsyncHook
+
+    original = FluxReduxAsyncHook._aconnection
+
+    async def slow(self):
+        await asyncio.sleep(0.2)
+        return await original(self)
+
+    monkeypatch.setattr(FluxReduxAsyncHook, "_aconnection", slow)
+    first = asyncio.ensure_future(FluxReduxAsyncHook(flux_redux_conn_id="flux_redux_default").aget_settings())
+    await asyncio.sleep(0.05)
+    second = asyncio.ensure_future(FluxReduxAsyncHook(flux_redux_conn_id="flux_redux_default").aget_settings())
+    await asyncio.sleep(0.05)
+    first.cancel()
+    settings = await second
+    assert settings.base_url == flux_conn.url
