@@ -961,3 +961,15 @@ def check_images(result: dict[str, Any], count: int, size: tuple[int, int] | Non
                 assert decoded.size == size, (path, decoded.size)
         paths.append(path)
     return paths
+
+
+def start_deferred_run(
+    session: Session, dag_id: str, task_id: str, *, queue_seconds: float, run_seconds: float, triggerers: int
+) -> tuple[str, dict[str, Any]]:
+    """Trigger ``dag_id`` with ``triggerers`` triggerers up; return its run id and the running trigger's row."""
+    deployment = session.deployment
+    session.reset_emulator(queue_seconds=queue_seconds, run_seconds=run_seconds)
+    deployment.keep_triggerers(triggerers)
+    run_id = deployment.trigger(dag_id)
+    deployment.wait_task(dag_id, run_id, task_id, ["deferred"], timeout=90)
+    return run_id, wait_trigger_running(session, dag_id, run_id, task_id)

@@ -18,6 +18,7 @@ from tests.e2e.standalone import (
     check_images,
     first_time,
     log_events,
+    start_deferred_run,
     wait_for,
     wait_trigger_running,
     worker_slot_seconds,
@@ -69,11 +70,7 @@ def test_b_stalled_triggerer_wakes_up_without_cancelling_the_moved_job(e2e: Sess
     deferred (on the other triggerer) and leave the remote job alone. The task then succeeds.
     """
     d = e2e.deployment
-    e2e.reset_emulator(queue_seconds=2.0, run_seconds=25.0)
-    d.keep_triggerers(2)
-    run_id = d.trigger(DAG_ID)
-    d.wait_task(DAG_ID, run_id, TASK_ID, ["deferred"], timeout=90)
-    row = wait_trigger_running(e2e, DAG_ID, run_id, TASK_ID)
+    run_id, row = start_deferred_run(e2e, DAG_ID, TASK_ID, queue_seconds=2.0, run_seconds=25.0, triggerers=2)
     request_id = row["kwargs"]["request_id"]
     stalled = d.triggerer_of_job(row["triggerer_id"])
     (healthy,) = [t for t in d.live_triggerers() if t is not stalled]
@@ -114,11 +111,7 @@ def test_b_stalled_triggerer_wakes_up_without_cancelling_the_moved_job(e2e: Sess
 def test_c_one_of_two_triggerers_killed_the_other_takes_over(e2e: Session) -> None:
     """Two triggerers; SIGKILL the one running the trigger: the other resumes it after the health threshold."""
     d = e2e.deployment
-    e2e.reset_emulator(queue_seconds=2.0, run_seconds=14.0)
-    d.keep_triggerers(2)
-    run_id = d.trigger(DAG_ID)
-    d.wait_task(DAG_ID, run_id, TASK_ID, ["deferred"], timeout=90)
-    row = wait_trigger_running(e2e, DAG_ID, run_id, TASK_ID)
+    run_id, row = start_deferred_run(e2e, DAG_ID, TASK_ID, queue_seconds=2.0, run_seconds=14.0, triggerers=2)
     request_id = row["kwargs"]["request_id"]
     victim = d.triggerer_of_job(row["triggerer_id"])
     (survivor,) = [t for t in d.live_triggerers() if t is not victim]

@@ -16,6 +16,7 @@ from tests.conftest import API_KEY
 from tests.e2e.standalone import (
     Session,
     check_images,
+    start_deferred_run,
     wait_for,
     wait_trigger_running,
     worker_slot_seconds,
@@ -71,11 +72,7 @@ def test_example_dag_defers_then_succeeds(e2e: Session) -> None:
 
 def test_triggerer_killed_mid_wait_new_triggerer_resumes(e2e: Session) -> None:
     d = e2e.deployment
-    e2e.reset_emulator(queue_seconds=3.0, run_seconds=12.0)
-    d.keep_triggerers(1)
-    run_id = d.trigger(DAG_ID)
-    d.wait_task(DAG_ID, run_id, TASK_ID, ["deferred"], timeout=90)
-    before = wait_trigger_running(e2e, DAG_ID, run_id, TASK_ID)
+    run_id, before = start_deferred_run(e2e, DAG_ID, TASK_ID, queue_seconds=3.0, run_seconds=12.0, triggerers=1)
     request_id = before["kwargs"]["request_id"]
 
     victim = d.triggerer_of_job(before["triggerer_id"])
