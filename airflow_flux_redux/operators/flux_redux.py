@@ -282,7 +282,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
                 poll_interval=self.poll_interval,
                 wait_mode=self.wait_mode,
                 cancel_on_kill=self.cancel_on_kill,
-                not_before=time.time() + DEFER_EVENT_HOLD if DEFER_EVENT_HOLD else None,
+                not_before=_not_before(),
             ),
             method_name="execute_complete",
             timeout=None,
@@ -428,6 +428,12 @@ def _lineage_dataset(location: str | None) -> Any:
     parts = urlsplit(location if "://" in location else f"file://{location}")
     namespace = f"{parts.scheme}://{parts.netloc}" if parts.netloc else parts.scheme
     return Dataset(namespace=namespace, name=parts.path)
+
+
+def _not_before() -> float | None:
+    """When the trigger may fire at the earliest: ``[flux_redux] defer_event_hold`` seconds from now (0: at once)."""
+    hold = conf.getfloat("flux_redux", "defer_event_hold", fallback=DEFER_EVENT_HOLD)
+    return time.time() + hold if hold > 0 else None
 
 
 def _stored(external_id: Any) -> tuple[QueueHandle, float]:
