@@ -54,7 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keepalive-seconds", type=float, default=defaults.keepalive_seconds, help="SSE keep-alive period")
     add("--workers", type=int, default=None, help="jobs running at once (default unlimited)")
     add("--seed", type=int, default=None, help="seed of the emulator's RNG (picked seeds, fault probabilities)")
-    add("--public-url", default=None, help="base of returned URLs (default: from the request's Host header)")
+    add(
+        "--public-url",
+        default=None,
+        help="base of returned URLs, prefix included (default: the request's Host header + --path-prefix)",
+    )
+    add(
+        "--relay",
+        action="store_true",
+        help="play a fal-compatible relay: hand out https://queue.fal.run URLs, serve the same paths here "
+        "with Bearer auth, no status stream",
+    )
+    add("--path-prefix", default="", help="serve every route under this path, e.g. /api/v1 (a gateway's base URL)")
     add(
         "--fault",
         action="append",
@@ -69,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_to_argv(config: EmulatorConfig) -> list[str]:
     """Command-line flags reproducing ``config`` (except the key, which goes through the environment)."""
     argv = ["--auth-scheme", config.auth_scheme]
+    argv += ["--relay"] if config.relay else []
+    argv += ["--path-prefix", config.path_prefix] if config.path_prefix else []
     for name, flag in _LIVE_FLAGS.items():
         argv += [flag, str(getattr(config, name))]
     for name, flag in (("workers", "--workers"), ("seed", "--seed"), ("public_url", "--public-url")):
@@ -83,7 +96,7 @@ async def _run(args: argparse.Namespace, config: EmulatorConfig) -> None:
     from airflow_flux_redux.emulator.app import create_app
 
     sock = bind(args.host, args.port)
-    print(BANNER + url_of(sock), flush=True)
+    print(BANNER + url_of(sock) + config.path_prefix, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -102,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         workers=args.workers,
         public_url=args.public_url,
+        relay=args.relay,
+        path_prefix=args.path_prefix,
         **{name: getattr(args, name) for name in _LIVE_FLAGS},
     )
     try:

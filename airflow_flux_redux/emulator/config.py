@@ -16,6 +16,12 @@ class EmulatorConfig:
     ``Bearer <k>`` (per ``auth_scheme``): tests can then see that a client really sends one.
     ``workers=None`` runs every job at once; ``workers=K`` queues jobs behind K busy runners (the
     schedule is fixed at submit time, so a cancel does not pull later jobs forward).
+
+    ``relay=True`` plays a "fal-compatible relay" that passes fal's answers through: submit and status
+    return URLs on ``https://queue.fal.run``, the emulator serves the same paths itself with Bearer auth
+    (``auth_scheme="any"`` becomes ``"Bearer"``), and there is no status stream. ``path_prefix`` (e.g.
+    ``/api/v1``) serves every route under that path, like a gateway's base URL; the URLs the emulator
+    returns include it (``public_url``, when set, replaces scheme, host and prefix at once).
     """
 
     key: str | None = None
@@ -32,6 +38,8 @@ class EmulatorConfig:
     fetch_timeout: float = 10.0
     max_input_bytes: int = 32 * 1024 * 1024
     max_side: int = 4096
+    relay: bool = False
+    path_prefix: str = ""
 
     LIVE_FIELDS: ClassVar[tuple[str, ...]] = (
         "queue_seconds",
@@ -46,6 +54,12 @@ class EmulatorConfig:
             raise ValueError(f"auth_scheme must be Key, Bearer or any, not {self.auth_scheme!r}")
         if self.workers is not None and self.workers < 1:
             raise ValueError("workers must be at least 1 (or None for unlimited)")
+        if self.relay and self.auth_scheme == "any":
+            self.auth_scheme = "Bearer"  # relays take the key as a Bearer token
+        prefix = self.path_prefix.strip().rstrip("/")
+        if prefix and (not prefix.startswith("/") or "//" in prefix or "?" in prefix or "#" in prefix):
+            raise ValueError(f"path_prefix must look like /api/v1 (or be empty), not {self.path_prefix!r}")
+        self.path_prefix = prefix
         self.apply_live({name: getattr(self, name) for name in self.LIVE_FIELDS})
 
     def apply_live(self, changes: dict[str, Any]) -> None:

@@ -90,6 +90,8 @@ async def serve(app: EmulatorApp, sock: socket.socket, server: ServerKind, stop:
 class EmulatorServer:
     """A running emulator at ``.url``; a context manager. It is not a model (see the package docstring).
 
+    ``.url`` is the base URL a connection points at, ``path_prefix`` included; the admin API is under it too.
+
     ``in_process=True`` serves from a daemon thread of this process; ``in_process=False`` starts
     ``python -m airflow_flux_redux.emulator --port 0`` and reads the URL from its first stdout line.
     """
@@ -144,7 +146,7 @@ class EmulatorServer:
 
     def _start_thread(self) -> None:
         sock = bind(self.host, self.port)
-        self.url = url_of(sock)
+        self.url = url_of(sock) + self.config.path_prefix
         self.app = create_app(self.config)
         ready = threading.Event()
 

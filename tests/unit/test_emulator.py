@@ -514,3 +514,65 @@ def test_cli_help_says_it_is_not_a_model() -> None:
         [sys.executable, "-m", "airflow_flux_redux.emulator", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "NOT a model" in help_text and "--fault" in help_text and "--public-url" in help_text
+
+
+# -- relay mode and path prefix ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def relay() -> Iterator[EmulatorServer]:
+    with EmulatorServer(EmulatorConfig(key=KEY, relay=True, path_prefix="/api/v1/", queue_seconds=0.05)) as running:
+        yield running
+
+
+def test_relay_hands_out_fal_urls_and_serves_the_same_paths_under_its_base_url(relay: EmulatorServer) -> None:
+    assert relay.url.endswith("/api/v1")
+    bearer = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(headers=bearer, timeout=10) as http:
+        handle = http.post(f"{relay.url}{MODEL}", json={"image_url": IMAGE, "image_size": SMALL}).json()
+        request_id = handle["request_id"]
+        fal = f"https://queue.fal.run/fal-ai/flux-1/requests/{request_id}"
+        assert (handle["response_url"], handle["status_url"], handle["cancel_url"]) == (
+            fal, f"{fal}/status", f"{fal}/cancel"
+        )  # fmt: skip
+        own = handle["response_url"].replace("https://queue.fal.run", relay.url)
+        assert own == f"{relay.url}/fal-ai/flux-1/requests/{request_id}"
+        wait(http, {"status_url": f"{own}/status"})
+        status = http.get(f"{own}/status")
+        assert status.status_code == 200 and status.json()["response_url"] == fal
+        images = http.get(own).json()["images"]
+        assert images[0]["url"].startswith(f"{relay.url}/files/")  # the files are served by the relay itself
+        assert httpx.get(images[0]["url"]).status_code == 200
+        assert http.put(f"{own}/cancel").json() == {"status": "ALREADY_COMPLETED"}
+        assert http.get(f"{own}/status/stream").status_code == 404  # relays serve no status stream
+        keyed = {"Authorization": f"Key {KEY}"}
+        assert httpx.get(f"{own}/status", headers=keyed).status_code == 401
+        assert httpx.post(f"{relay.url}{MODEL}", json={"image_url": IMAGE}, headers=keyed).status_code == 401
+        outside = relay.url.removesuffix("/api/v1")
+        assert http.get(f"{outside}/fal-ai/flux-1/requests/{request_id}/status").status_code == 404
+
+
+def test_relay_cancel_on_its_own_path(relay: EmulatorServer) -> None:
+    bearer = {"Authorization": f"Bearer {KEY}", "X-Emulator-Queue-Seconds": "5"}
+    handle = httpx.post(f"{relay.url}{MODEL}", json={"image_url": IMAGE}, headers=bearer).json()
+    own = handle["cancel_url"].replace("https://queue.fal.run", relay.url)
+    assert httpx.put(own, headers=bearer).status_code == 202
+    assert relay.stats()["requests"][handle["request_id"]]["cancelled"] is True
+
+
+def test_path_prefix_without_relay_returns_urls_under_the_prefix() -> None:
+    with EmulatorServer(EmulatorConfig(path_prefix="/gw"), in_process=False) as prefixed:
+        assert prefixed.url.endswith("/gw")
+        with httpx.Client(headers={"Authorization": "Key any"}, timeout=10) as http:
+            handle = http.post(f"{prefixed.url}{MODEL}", json={"image_url": IMAGE, "image_size": SMALL}).json()
+            assert handle["status_url"].startswith(f"{prefixed.url}/fal-ai/flux-1/requests/")
+            assert http.get(f"{handle['status_url']}/stream").status_code == 200
+            body = result(http, handle).json()
+            assert body["images"][0]["url"].startswith(f"{prefixed.url}/files/")
+            assert http.post(f"{prefixed.url.removesuffix('/gw')}{MODEL}", json={"image_url": IMAGE}).status_code == 404
+        assert prefixed.stats()["submissions"] == 1  # the admin API lives under the prefix too
+
+
+def test_bad_path_prefix_is_refused() -> None:
+    with pytest.raises(ValueError, match="path_prefix"):
+        EmulatorConfig(path_prefix="api")
