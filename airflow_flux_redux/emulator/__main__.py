@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from airflow_flux_redux.emulator.config import EmulatorConfig
+from airflow_flux_redux.emulator.config import EmulatorConfig, compact_timing, parse_timing
 from airflow_flux_redux.emulator.faults import parse_rule
 from airflow_flux_redux.emulator.server import BANNER, KEY_ENV, bind, serve, url_of
 
@@ -34,6 +34,14 @@ _LIVE_FLAGS = {
 def _fault(text: str) -> dict[str, object] | str:
     try:
         parse_rule(text)  # reject a bad rule at the command line, not at the first request
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def _timing(text: str) -> str:
+    try:
+        parse_timing(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text
@@ -73,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help='fault rule, repeatable: JSON or compact "kind[:code][:key=value]...", e.g. status:503:times=2',
     )
+    add(
+        "--timing",
+        action="append",
+        type=_timing,
+        default=[],
+        help="per-seed job length, repeatable: LO-HI:QUEUE:RUN[:STEP] gives jobs whose seed is in LO..HI that "
+        "queue time and a run time of RUN + (seed - LO) * STEP, e.g. 24-47:0.2:10:0.2",
+    )
     add("--server", choices=("uvicorn", "hypercorn"), default="uvicorn", help="hypercorn adds HTTP/2 (h2c)")
     return parser
 
@@ -87,6 +103,8 @@ def config_to_argv(config: EmulatorConfig) -> list[str]:
     for name, flag in (("workers", "--workers"), ("seed", "--seed"), ("public_url", "--public-url")):
         if getattr(config, name) is not None:
             argv += [flag, str(getattr(config, name))]
+    for timing in config.timings:
+        argv += ["--timing", compact_timing(timing)]
     for rule in config.faults:
         argv += ["--fault", rule if isinstance(rule, str) else json.dumps(rule)]
     return argv
@@ -117,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         public_url=args.public_url,
         relay=args.relay,
         path_prefix=args.path_prefix,
+        timings=args.timing,
         **{name: getattr(args, name) for name in _LIVE_FLAGS},
     )
     try:

@@ -403,8 +403,9 @@ class EmulatorApp:
     def _accept(self, call: _Call, prefix: str, request: FluxReduxRequest) -> Job:
         """Create and schedule the job, with any failure it is bound to have."""
         config, now = self.config, time.monotonic()
-        queue_seconds = _float_header(call, b"x-emulator-queue-seconds", config.queue_seconds) or 0.0
-        run_seconds = _float_header(call, b"x-emulator-run-seconds", config.run_seconds) or 0.0
+        queue_seconds, run_seconds = config.timing_for(request.seed)
+        queue_seconds = _float_header(call, b"x-emulator-queue-seconds", queue_seconds) or 0.0
+        run_seconds = _float_header(call, b"x-emulator-run-seconds", run_seconds) or 0.0
         start = self.table.schedule(now, queue_seconds, run_seconds, config.workers)
         seed = request.seed if request.seed is not None else self._rng.randrange(2**31)
         job = Job(

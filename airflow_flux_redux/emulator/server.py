@@ -212,9 +212,9 @@ class EmulatorServer:
         """Replace the fault rules (dicts, or compact strings such as ``"status:503:times=2"``)."""
         self._call("POST", "/_emulator/faults", {"faults": faults})
 
-    def configure(self, **timing: float) -> dict[str, Any]:
-        """Change queue_seconds, run_seconds, result_ttl, keepalive_seconds or log_lines while running."""
-        return self._call("POST", "/_emulator/config", timing)
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        """Change queue_seconds, run_seconds, result_ttl, keepalive_seconds, log_lines or timings while running."""
+        return self._call("POST", "/_emulator/config", changes)
 
     def reset(self) -> None:
         """Forget all jobs, counters and fault rules (timings stay as configured)."""

@@ -576,3 +576,44 @@ def test_path_prefix_without_relay_returns_urls_under_the_prefix() -> None:
 def test_bad_path_prefix_is_refused() -> None:
     with pytest.raises(ValueError, match="path_prefix"):
         EmulatorConfig(path_prefix="api")
+
+
+# -- per-seed timings -------------------------------------------------------------------------------------
+
+
+def test_timing_rules_give_each_seed_range_its_own_job_length(emu: EmulatorServer, client: httpx.Client) -> None:
+    live = emu.configure(timings=[{"seeds": [0, 9], "queue_seconds": 0, "run_seconds": 0.1}, "10-19:0.4:0.1:0.05"])
+    assert live["timings"][1] == {"seeds": [10, 19], "queue_seconds": 0.4, "run_seconds": 0.1, "run_step": 0.05}
+    short, stepped, other = submit(client, seed=5), submit(client, seed=14), submit(client, seed=40)
+    pinned = submit(client, headers={"X-Emulator-Queue-Seconds": "0", "X-Emulator-Run-Seconds": "0.05"}, seed=14)
+    assert client.get(stepped["status_url"]).json()["status"] == "IN_QUEUE"
+    assert client.get(short["status_url"]).json()["status"] == "IN_PROGRESS"
+    ran = {name: wait(client, handle)["metrics"]["inference_time"] for name, handle in
+           (("short", short), ("stepped", stepped), ("other", other), ("pinned", pinned))}  # fmt: skip
+    assert ran == {"short": 0.1, "stepped": 0.3, "other": 0.2, "pinned": 0.05}
+    emu.configure(timings=[])
+    assert wait(client, submit(client, seed=5))["metrics"]["inference_time"] == 0.2
+
+
+@pytest.mark.parametrize(
+    "rule",
+    ["0-9:0.1", "9-0:0.1:0.2", {"seeds": [0], "queue_seconds": 0, "run_seconds": 1}, {"seeds": [0, 1], "run": 1}],
+)
+def test_bad_timing_rule_is_refused(emu: EmulatorServer, rule: Any) -> None:
+    with pytest.raises(ValueError, match="timing"):
+        emu.configure(timings=[rule])
+    with pytest.raises(ValueError, match="timing"):
+        EmulatorConfig(timings=[rule])
+
+
+def test_timing_flag_round_trips_through_the_command_line() -> None:
+    from airflow_flux_redux.emulator.__main__ import build_parser, config_to_argv
+
+    config = EmulatorConfig(
+        timings=["0-23:0.2:1.3", {"seeds": [24, 47], "queue_seconds": 0.2, "run_seconds": 10, "run_step": 0.2}]
+    )
+    args = build_parser().parse_args(config_to_argv(config))
+    assert EmulatorConfig(timings=args.timing).timings == config.timings
+    assert config.timing_for(30) == (0.2, pytest.approx(11.2)) and config.timing_for(None) == (0.5, 1.5)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--timing", "0-23:fast:1"])
