@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from airflow_flux_redux.emulator.config import EmulatorConfig
+from airflow_flux_redux.emulator.config import EmulatorConfig, compact_timing, parse_timing
 from airflow_flux_redux.emulator.faults import parse_rule
 from airflow_flux_redux.emulator.server import BANNER, KEY_ENV, bind, serve, url_of
 
@@ -39,6 +39,14 @@ def _fault(text: str) -> dict[str, object] | str:
     return text
 
 
+def _timing(text: str) -> str:
+    try:
+        parse_timing(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = EmulatorConfig()
     parser = argparse.ArgumentParser(prog="flux-redux-emulator", description=DESCRIPTION)
@@ -54,13 +62,32 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keepalive-seconds", type=float, default=defaults.keepalive_seconds, help="SSE keep-alive period")
     add("--workers", type=int, default=None, help="jobs running at once (default unlimited)")
     add("--seed", type=int, default=None, help="seed of the emulator's RNG (picked seeds, fault probabilities)")
-    add("--public-url", default=None, help="base of returned URLs (default: from the request's Host header)")
+    add(
+        "--public-url",
+        default=None,
+        help="base of returned URLs, prefix included (default: the request's Host header + --path-prefix)",
+    )
+    add(
+        "--relay",
+        action="store_true",
+        help="play a fal-compatible relay: hand out https://queue.fal.run URLs, serve the same paths here "
+        "with Bearer auth, no status stream",
+    )
+    add("--path-prefix", default="", help="serve every route under this path, e.g. /api/v1 (a gateway's base URL)")
     add(
         "--fault",
         action="append",
         type=_fault,
         default=[],
         help='fault rule, repeatable: JSON or compact "kind[:code][:key=value]...", e.g. status:503:times=2',
+    )
+    add(
+        "--timing",
+        action="append",
+        type=_timing,
+        default=[],
+        help="per-seed job length, repeatable: LO-HI:QUEUE:RUN[:STEP] gives jobs whose seed is in LO..HI that "
+        "queue time and a run time of RUN + (seed - LO) * STEP, e.g. 24-47:0.2:10:0.2",
     )
     add("--server", choices=("uvicorn", "hypercorn"), default="uvicorn", help="hypercorn adds HTTP/2 (h2c)")
     return parser
@@ -69,11 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
 def config_to_argv(config: EmulatorConfig) -> list[str]:
     """Command-line flags reproducing ``config`` (except the key, which goes through the environment)."""
     argv = ["--auth-scheme", config.auth_scheme]
+    argv += ["--relay"] if config.relay else []
+    argv += ["--path-prefix", config.path_prefix] if config.path_prefix else []
     for name, flag in _LIVE_FLAGS.items():
         argv += [flag, str(getattr(config, name))]
     for name, flag in (("workers", "--workers"), ("seed", "--seed"), ("public_url", "--public-url")):
         if getattr(config, name) is not None:
             argv += [flag, str(getattr(config, name))]
+    for timing in config.timings:
+        argv += ["--timing", compact_timing(timing)]
     for rule in config.faults:
         argv += ["--fault", rule if isinstance(rule, str) else json.dumps(rule)]
     return argv
@@ -83,7 +114,7 @@ async def _run(args: argparse.Namespace, config: EmulatorConfig) -> None:
     from airflow_flux_redux.emulator.app import create_app
 
     sock = bind(args.host, args.port)
-    print(BANNER + url_of(sock), flush=True)
+    print(BANNER + url_of(sock) + config.path_prefix, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -102,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         workers=args.workers,
         public_url=args.public_url,
+        relay=args.relay,
+        path_prefix=args.path_prefix,
+        timings=args.timing,
         **{name: getattr(args, name) for name in _LIVE_FLAGS},
     )
     try:

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# A relay passes fal's answers through, so the URLs it hands out are on fal's queue host.
+FAL_QUEUE_URL = "https://queue.fal.run"
 _GENERIC = frozenset({"status", "reset", "delay", "malformed", "redirect"})
 _STATUS_KINDS = _GENERIC | {"unknown_status"}
 _NOT_FOUND = dumps({"detail": "Request not found"})
@@ -87,10 +89,10 @@ class _Call:
 
     __slots__ = ("headers", "method", "parts", "query", "receive", "scope", "send")
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         self.scope, self.receive, self.send = scope, receive, send
         self.method: str = scope["method"]
-        self.parts: list[str] = scope["path"].strip("/").split("/")
+        self.parts: list[str] = path.strip("/").split("/")
         self.headers: dict[bytes, bytes] = dict(scope["headers"])
         self.query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
 
@@ -179,7 +181,13 @@ class EmulatorApp:
             return
         if scope["type"] != "http":
             return
-        call = _Call(scope, receive, send)
+        path, prefix = scope["path"], self.config.path_prefix
+        if prefix:
+            if path != prefix and not path.startswith(prefix + "/"):
+                await _Call(scope, receive, send, path).json(404, {"detail": "Not Found"})
+                return
+            path = path[len(prefix) :]
+        call = _Call(scope, receive, send, path)
         head = call.parts[0]
         if head == "_emulator":
             await self._admin(call)
@@ -245,13 +253,18 @@ class EmulatorApp:
         return job if job is not None and job.prefix == prefix else None
 
     def _base_url(self, call: _Call) -> str:
+        """The base of the URLs this emulator serves (files, and queue URLs unless it plays a relay)."""
         if self.config.public_url:
             return self.config.public_url.rstrip("/")
         host = call.headers.get(b"host", b"").decode("latin-1")
         if not host:
             server_host, port = call.scope.get("server") or ("127.0.0.1", 80)
             host = f"{server_host}:{port}"
-        return f"{call.scope.get('scheme', 'http')}://{host}"
+        return f"{call.scope.get('scheme', 'http')}://{host}{self.config.path_prefix}"
+
+    def _queue_url(self, call: _Call) -> str:
+        """The base of the status, result and cancel URLs handed out: fal's own host when playing a relay."""
+        return FAL_QUEUE_URL if self.config.relay else self._base_url(call)
 
     async def _fault_answer(self, call: _Call, route: str, rule: FaultRule, job_id: str = "") -> bool:
         """Act on a fired rule; True when the rule answered the request, False when it only delayed it."""
@@ -390,12 +403,13 @@ class EmulatorApp:
     def _accept(self, call: _Call, prefix: str, request: FluxReduxRequest) -> Job:
         """Create and schedule the job, with any failure it is bound to have."""
         config, now = self.config, time.monotonic()
-        queue_seconds = _float_header(call, b"x-emulator-queue-seconds", config.queue_seconds) or 0.0
-        run_seconds = _float_header(call, b"x-emulator-run-seconds", config.run_seconds) or 0.0
+        queue_seconds, run_seconds = config.timing_for(request.seed)
+        queue_seconds = _float_header(call, b"x-emulator-queue-seconds", queue_seconds) or 0.0
+        run_seconds = _float_header(call, b"x-emulator-run-seconds", run_seconds) or 0.0
         start = self.table.schedule(now, queue_seconds, run_seconds, config.workers)
         seed = request.seed if request.seed is not None else self._rng.randrange(2**31)
         job = Job(
-            str(uuid.uuid4()), prefix, request, seed, self._base_url(call),
+            str(uuid.uuid4()), prefix, request, seed, self._queue_url(call),
             now, start, start + run_seconds, config.log_lines, time.time() - now,
         )  # fmt: skip
         failure: Failure | None = None
@@ -432,6 +446,9 @@ class EmulatorApp:
         await call.reply(code, body)
 
     async def _stream(self, call: _Call, prefix: str, job_id: str) -> None:
+        if self.config.relay:  # relays do not serve fal's status stream
+            await call.json(404, {"detail": "Not Found"})
+            return
         if not await self._gate(call, "stream", job_id):
             return
         if await self._generic_fault(call, "stream", _STATUS_KINDS, job_id):

@@ -90,6 +90,8 @@ async def serve(app: EmulatorApp, sock: socket.socket, server: ServerKind, stop:
 class EmulatorServer:
     """A running emulator at ``.url``; a context manager. It is not a model (see the package docstring).
 
+    ``.url`` is the base URL a connection points at, ``path_prefix`` included; the admin API is under it too.
+
     ``in_process=True`` serves from a daemon thread of this process; ``in_process=False`` starts
     ``python -m airflow_flux_redux.emulator --port 0`` and reads the URL from its first stdout line.
     """
@@ -144,7 +146,7 @@ class EmulatorServer:
 
     def _start_thread(self) -> None:
         sock = bind(self.host, self.port)
-        self.url = url_of(sock)
+        self.url = url_of(sock) + self.config.path_prefix
         self.app = create_app(self.config)
         ready = threading.Event()
 
@@ -210,9 +212,9 @@ class EmulatorServer:
         """Replace the fault rules (dicts, or compact strings such as ``"status:503:times=2"``)."""
         self._call("POST", "/_emulator/faults", {"faults": faults})
 
-    def configure(self, **timing: float) -> dict[str, Any]:
-        """Change queue_seconds, run_seconds, result_ttl, keepalive_seconds or log_lines while running."""
-        return self._call("POST", "/_emulator/config", timing)
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        """Change queue_seconds, run_seconds, result_ttl, keepalive_seconds, log_lines or timings while running."""
+        return self._call("POST", "/_emulator/config", changes)
 
     def reset(self) -> None:
         """Forget all jobs, counters and fault rules (timings stay as configured)."""
