@@ -991,11 +991,20 @@ def wait_parsed(deployment: Deployment, dag_ids: Iterable[str], timeout: float =
         )
 
 
-def job_completed_at(status_url: str, api_key: str) -> float:
-    """Epoch time the emulator completed a job: its first log line is stamped at the run's start."""
+def job_completed_at(emulator_url: str, request_id: str, api_key: str) -> float:
+    """Epoch time the emulator completed a job: its first log line is stamped at the run's start.
+
+    The status URL is fal's documented layout (``{base}/fal-ai/flux-1/requests/{id}/status``): a task that
+    reconnected on retry pushed no status URL to XCom.
+    """
     from datetime import datetime
 
-    status = httpx.get(status_url, params={"logs": 1}, headers={"Authorization": f"Key {api_key}"}, timeout=10)
+    status = httpx.get(
+        f"{emulator_url}/fal-ai/flux-1/requests/{request_id}/status",
+        params={"logs": 1},
+        headers={"Authorization": f"Key {api_key}"},
+        timeout=10,
+    )
     body = status.raise_for_status().json()
     started = datetime.fromisoformat(body["logs"][0]["timestamp"]).timestamp()
     return started + float(body["metrics"].get("inference_time", 0.0))
@@ -1021,7 +1030,7 @@ def mapped_figures(session: Session, dag_id: str, run_id: str, task_id: str) -> 
     """
     from datetime import datetime
 
-    from airflow_flux_redux.links import XCOM_REQUEST_ID, XCOM_STATUS_URL
+    from airflow_flux_redux.links import XCOM_REQUEST_ID
 
     d = session.deployment
     figures = []
@@ -1038,11 +1047,14 @@ def mapped_figures(session: Session, dag_id: str, run_id: str, task_id: str) -> 
             "end_after_job_s": None,
         }
         with contextlib.suppress(DeploymentError):
-            entry["request_id"] = d.xcom(dag_id, run_id, task_id, XCOM_REQUEST_ID, index)
-            status_url = d.xcom(dag_id, run_id, task_id, XCOM_STATUS_URL, index)
-            if ti["end_date"]:
-                ended = datetime.fromisoformat(str(ti["end_date"]).replace("Z", "+00:00")).timestamp()
-                entry["end_after_job_s"] = round(ended - job_completed_at(status_url, session.api_key), 3)
+            # The result names the request also after a reconnecting retry; a failed task has only the id XCom.
+            key = "return_value" if ti["state"] == "success" else XCOM_REQUEST_ID
+            value = d.xcom(dag_id, run_id, task_id, key, index)
+            entry["request_id"] = value["request_id"] if isinstance(value, dict) else value
+        if entry["request_id"] and ti["end_date"]:
+            ended = datetime.fromisoformat(str(ti["end_date"]).replace("Z", "+00:00")).timestamp()
+            done = job_completed_at(session.emulator.url, entry["request_id"], session.api_key)
+            entry["end_after_job_s"] = round(ended - done, 3)
         figures.append(entry)
     return figures
 
