@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -155,6 +156,8 @@ def main() -> None:
     def connection(url: str) -> str:  # a user's connection: every setting at its default
         return json.dumps({"conn_type": "flux_redux", "host": url, "password": KEY})
 
+    # A killed benchmark must still stop airflow standalone and the emulator (Session.stop in the finally).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     session = Session(root, KEY, connection, mapped=MAPPED)
     rows = []

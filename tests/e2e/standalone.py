@@ -1036,7 +1036,16 @@ def mapped_figures(session: Session, dag_id: str, run_id: str, task_id: str) -> 
     figures = []
     for ti in sorted(d.task_instances(dag_id, run_id), key=lambda t: t["map_index"]):
         index = ti["map_index"]
-        workloads = [w for ti_id in try_ids(d, dag_id, run_id, task_id, index) for w in d.workloads(ti_id)]
+        ids = try_ids(d, dag_id, run_id, task_id, index)
+
+        def finished(ids: list[str] = ids, state: str = ti["state"]) -> list[dict[str, Any]] | None:
+            # The supervisor logs "Workload finished" just after the task's final state: give it a moment.
+            found = [w for ti_id in ids for w in d.workloads(ti_id)]
+            return found if any(w["final_state"] == state for w in found) else None
+
+        with contextlib.suppress(DeploymentError):
+            wait_for(f"the last workload of {task_id}[{index}]", finished, 15.0, 0.5)
+        workloads = [w for ti_id in ids for w in d.workloads(ti_id)]
         entry: dict[str, Any] = {
             "map_index": index,
             "state": ti["state"],
