@@ -13,7 +13,11 @@ the connection's defaults, against the fal-queue emulator in its own process. Ca
 - tasks succeeded (no retries: a task Airflow's race fails stays failed), and tasks that deferred;
 - task end - job completed, p50/p95: the task's end_date (REST API) minus the job's completion time (the
   emulator's), over the tasks that succeeded; and where it went (p50 of each phase, from the task log):
-  job completed -> worker or trigger saw it, -> image saved, -> task ended;
+  job completed -> worker or trigger saw it, -> image saved (for a deferred task: the event hold and the
+  resumed worker's start included), -> task ended;
+- defer -> worker exit: from the "Pausing task as DEFERRED" line to the exit of the deferring workload
+  (the executor's record). Airflow's race (apache/airflow#72716) is open while an event can arrive before
+  that exit has been processed: the event hold must outlast it;
 - worker seconds per task: the executor's workload durations summed over every phase and try (slot time);
 - wall time of the mapped run (its start_date to end_date).
 """
@@ -83,10 +87,13 @@ def phases(session: Session, dag_id: str, run_id: str, figure: dict[str, Any], d
     """Where a succeeded task's time after its job completed went, from its last try's log timestamps."""
     d = session.deployment
     events = log_events(d.task_log(dag_id, run_id, TASK_ID, figure["tries"], figure["map_index"]))
+    deferred = first_time(events, "Pausing task as DEFERRED")
     seen = first_time(events, "is COMPLETED")
     saved = first_time(events, " done: ")
     ended = done + figure["end_after_job_s"]
     out: dict[str, float] = {}
+    if deferred is not None and figure["deferred_exit"]:
+        out["exit"] = _epoch(figure["deferred_exit"]) - deferred
     if seen is not None:
         out["seen"] = seen - done
     if saved is not None:
@@ -105,7 +112,7 @@ def run_case(session: Session, case: Case) -> dict[str, Any]:
     figures = mapped_figures(session, case.dag_id, run_id, TASK_ID)
     ok = [f for f in figures if f["state"] == "success" and f["end_after_job_s"] is not None]
     late = [f["end_after_job_s"] for f in ok]
-    split: dict[str, list[float]] = {"seen": [], "saved": [], "finished": []}
+    split: dict[str, list[float]] = {"seen": [], "saved": [], "finished": [], "exit": []}
     for f in ok:
         done = job_completed_at(session.emulator.url, f["request_id"], session.api_key)
         for phase, seconds in phases(session, case.dag_id, run_id, f, done).items():
@@ -118,6 +125,7 @@ def run_case(session: Session, case: Case) -> dict[str, Any]:
         "p50": percentile(late, 0.5),
         "p95": percentile(late, 0.95),
         "phases": {phase: percentile(values, 0.5) for phase, values in split.items()},
+        "exit_max": max(split["exit"], default=None),
         "worker_s": statistics.fmean(f["worker_s"] for f in figures),
         "wall_s": _epoch(run["end_date"]) - _epoch(run["start_date"]),
         "figures": figures,
@@ -131,8 +139,8 @@ def _s(value: float | None) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| job | defer_after | hold | succeeded | deferred | submissions | end - job p50 / p95 | "
-        "seen / saved / finished (p50) | worker s/task | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "seen / saved / finished (p50) | defer → worker exit p50 / max | worker s/task | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         case, ph = row["case"], row["phases"]
@@ -140,7 +148,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {case.job_seconds:.1f} s | {case.defer_after} s | {hold} | {row['succeeded']}/{MAPPED} | "
             f"{row['deferred']} | {row['submissions']} | {_s(row['p50'])} / {_s(row['p95'])} s | "
-            f"{_s(ph['seen'])} / {_s(ph['saved'])} / {_s(ph['finished'])} s | {row['worker_s']:.1f} | "
+            f"{_s(ph['seen'])} / {_s(ph['saved'])} / {_s(ph['finished'])} s | "
+            f"{_s(ph['exit'])} / {_s(row['exit_max'])} s | {row['worker_s']:.1f} | "
             f"{row['wall_s']:.0f} s |"
         )
     return "\n".join(lines)

@@ -1026,7 +1026,8 @@ def mapped_figures(session: Session, dag_id: str, run_id: str, task_id: str) -> 
     """Per mapped task: state, tries, request id, task end - job completed, worker seconds, deferrals.
 
     ``end_after_job_s`` is the task's end_date (REST API) minus the time the emulator completed its job;
-    ``worker_s`` sums the executor's workload durations over every try and phase (the slot time it held).
+    ``worker_s`` sums the executor's workload durations over every try and phase (the slot time it held);
+    ``deferred_exit`` is the ISO time the first deferring workload exited.
     """
     from datetime import datetime
 
@@ -1052,6 +1053,8 @@ def mapped_figures(session: Session, dag_id: str, run_id: str, task_id: str) -> 
             "tries": ti["try_number"],
             "worker_s": round(sum(w["duration_s"] for w in workloads), 2),
             "deferrals": sum(w["final_state"] == "deferred" for w in workloads),
+            # When the first deferring workload exited (the executor's record): Airflow's race is open until then.
+            "deferred_exit": next((w["finished"] for w in workloads if w["final_state"] == "deferred"), None),
             "request_id": None,
             "end_after_job_s": None,
         }
