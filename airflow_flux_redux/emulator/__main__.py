@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from airflow_flux_redux.emulator.config import EmulatorConfig, compact_timing, parse_timing
+from airflow_flux_redux.emulator.config import EmulatorConfig, parse_timing
 from airflow_flux_redux.emulator.faults import parse_rule
 from airflow_flux_redux.emulator.server import BANNER, KEY_ENV, bind, serve, url_of
 
@@ -103,8 +103,8 @@ def config_to_argv(config: EmulatorConfig) -> list[str]:
     for name, flag in (("workers", "--workers"), ("seed", "--seed"), ("public_url", "--public-url")):
         if getattr(config, name) is not None:
             argv += [flag, str(getattr(config, name))]
-    for timing in config.timings:
-        argv += ["--timing", compact_timing(timing)]
+    for timing in config.timing_rules:
+        argv += ["--timing", timing.compact()]
     for rule in config.faults:
         argv += ["--fault", rule if isinstance(rule, str) else json.dumps(rule)]
     return argv
