@@ -99,14 +99,15 @@ class EmulatorConfig:
     timings: list[dict[str, Any] | str] = field(default_factory=list)
     timing_rules: list[TimingRule] = field(default_factory=list, init=False, repr=False, compare=False)
 
-    LIVE_FIELDS: ClassVar[tuple[str, ...]] = (
+    # The fields the admin API (and ``EmulatorServer.configure``) can change while the emulator runs.
+    LIVE_NUMBERS: ClassVar[tuple[str, ...]] = (
         "queue_seconds",
         "run_seconds",
         "result_ttl",
         "keepalive_seconds",
         "log_lines",
-        "timings",
     )
+    LIVE_FIELDS: ClassVar[tuple[str, ...]] = (*LIVE_NUMBERS, "timings")
 
     def __post_init__(self) -> None:
         if self.auth_scheme not in ("Key", "Bearer", "any"):

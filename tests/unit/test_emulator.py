@@ -607,7 +607,7 @@ def test_bad_timing_rule_is_refused(emu: EmulatorServer, rule: Any) -> None:
 
 
 def test_timing_flag_round_trips_through_the_command_line() -> None:
-    from airflow_flux_redux.emulator.__main__ import build_parser, config_to_argv
+    from airflow_flux_redux.emulator.cli import build_parser, config_to_argv
 
     config = EmulatorConfig(
         timings=["0-23:0.2:1.3", {"seeds": [24, 47], "queue_seconds": 0.2, "run_seconds": 10, "run_step": 0.2}]
@@ -617,3 +617,10 @@ def test_timing_flag_round_trips_through_the_command_line() -> None:
     assert config.timing_for(30) == (0.2, pytest.approx(11.2)) and config.timing_for(None) == (0.5, 1.5)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--timing", "0-23:fast:1"])
+
+
+def test_every_preset_of_the_models_has_a_pixel_size() -> None:
+    from airflow_flux_redux.emulator.images import SIZE_PRESETS
+    from airflow_flux_redux.models import IMAGE_SIZE_PRESETS
+
+    assert set(SIZE_PRESETS) == set(IMAGE_SIZE_PRESETS)
