@@ -4,14 +4,37 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 AuthScheme = Literal["Key", "Bearer", "any"]
 _COMPACT_TIMING = re.compile(r"(\d+)-(\d+):([0-9.]+):([0-9.]+)(?::([0-9.]+))?")
 _TIMING_FIELDS = ("seeds", "queue_seconds", "run_seconds", "run_step")
 
 
-def parse_timing(spec: dict[str, Any] | str) -> dict[str, Any]:
+class TimingRule(NamedTuple):
+    """Jobs with a request seed in lo..hi queue ``queue_seconds``, run ``run_seconds + (seed - lo) * run_step``."""
+
+    lo: int
+    hi: int
+    queue_seconds: float
+    run_seconds: float
+    run_step: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seeds": [self.lo, self.hi],
+            "queue_seconds": self.queue_seconds,
+            "run_seconds": self.run_seconds,
+            "run_step": self.run_step,
+        }
+
+    def compact(self) -> str:
+        """The ``--timing`` flag value of this rule."""
+        step = f":{self.run_step}" if self.run_step else ""
+        return f"{self.lo}-{self.hi}:{self.queue_seconds}:{self.run_seconds}{step}"
+
+
+def parse_timing(spec: dict[str, Any] | str) -> TimingRule:
     """One per-seed timing rule, from a dict or the compact ``LO-HI:QUEUE:RUN[:STEP]``; ValueError if bad."""
     if isinstance(spec, str):
         match = _COMPACT_TIMING.fullmatch(spec.strip())
@@ -23,22 +46,17 @@ def parse_timing(spec: dict[str, Any] | str) -> dict[str, Any]:
         raise ValueError(f"a timing rule is an object with the fields {list(_TIMING_FIELDS)}, not {spec!r}")
     try:
         lo, hi = (int(bound) for bound in spec["seeds"])
-        rule = {"seeds": [lo, hi], "queue_seconds": float(spec["queue_seconds"])}
-        rule |= {"run_seconds": float(spec["run_seconds"]), "run_step": float(spec.get("run_step") or 0)}
+        rule = TimingRule(
+            lo, hi, float(spec["queue_seconds"]), float(spec["run_seconds"]), float(spec.get("run_step") or 0)
+        )
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(
             f"timing rule {spec!r}: needs seeds [lo, hi] (integers), queue_seconds and run_seconds (numbers), "
             f"optional run_step ({type(err).__name__}: {err})"
         ) from None
-    if lo > hi or min(rule["queue_seconds"], rule["run_seconds"], rule["run_step"]) < 0:
+    if lo > hi or min(rule.queue_seconds, rule.run_seconds, rule.run_step) < 0:
         raise ValueError(f"timing rule {spec!r}: seeds must be [lo, hi] with lo <= hi, and times not negative")
     return rule
-
-
-def compact_timing(rule: dict[str, Any]) -> str:
-    """The ``--timing`` flag value of a parsed rule."""
-    (lo, hi), step = rule["seeds"], rule["run_step"]
-    return f"{lo}-{hi}:{rule['queue_seconds']}:{rule['run_seconds']}" + (f":{step}" if step else "")
 
 
 @dataclass
@@ -70,6 +88,7 @@ class EmulatorConfig:
     faults: list[dict[str, Any] | str] = field(default_factory=list)
     seed: int | None = None
     result_ttl: float = 3600.0
+    short_result_ttl: float = 360.0
     public_url: str | None = None
     keepalive_seconds: float = 15.0
     workers: int | None = None
@@ -79,15 +98,18 @@ class EmulatorConfig:
     relay: bool = False
     path_prefix: str = ""
     timings: list[dict[str, Any] | str] = field(default_factory=list)
+    timing_rules: list[TimingRule] = field(default_factory=list, init=False, repr=False, compare=False)
 
-    LIVE_FIELDS: ClassVar[tuple[str, ...]] = (
+    # The fields the admin API (and ``EmulatorServer.configure``) can change while the emulator runs.
+    LIVE_NUMBERS: ClassVar[tuple[str, ...]] = (
         "queue_seconds",
         "run_seconds",
         "result_ttl",
+        "short_result_ttl",
         "keepalive_seconds",
         "log_lines",
-        "timings",
     )
+    LIVE_FIELDS: ClassVar[tuple[str, ...]] = (*LIVE_NUMBERS, "timings")
 
     def __post_init__(self) -> None:
         if self.auth_scheme not in ("Key", "Bearer", "any"):
@@ -111,7 +133,8 @@ class EmulatorConfig:
             if name == "timings":
                 if not isinstance(value, list):
                     raise ValueError(f"timings must be a list of rules, not {value!r}")
-                self.timings = [parse_timing(rule) for rule in value]
+                self.timing_rules = [parse_timing(rule) for rule in value]
+                self.timings = [rule.as_dict() for rule in self.timing_rules]
                 continue
             number = int(value) if name == "log_lines" else float(value)
             if number < 0 or (name == "log_lines" and number < 1) or (name == "keepalive_seconds" and not number):
@@ -121,10 +144,9 @@ class EmulatorConfig:
     def timing_for(self, seed: int | None) -> tuple[float, float]:
         """(queue seconds, run seconds) of a job with this request seed."""
         if seed is not None:
-            for rule in self.timings:
-                lo, hi = rule["seeds"]
-                if lo <= seed <= hi:
-                    return rule["queue_seconds"], rule["run_seconds"] + (seed - lo) * rule["run_step"]
+            for rule in self.timing_rules:
+                if rule.lo <= seed <= rule.hi:
+                    return rule.queue_seconds, rule.run_seconds + (seed - rule.lo) * rule.run_step
         return self.queue_seconds, self.run_seconds
 
     def live(self) -> dict[str, Any]:
