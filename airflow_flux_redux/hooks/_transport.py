@@ -483,6 +483,10 @@ class _AsyncioBackend(httpcore.AsyncNetworkBackend):
 _ASYNCIO_BACKEND = _AsyncioBackend()
 
 
+# The lane's HTTP/1.1 pool: enough for a thousand polls a second on loopback or across a region.
+HTTP1_CONNECTIONS = 8
+
+
 class _Lane:
     """Connections to the connection's own origin for the waits' GETs: status polls, results, streams.
 
@@ -513,7 +517,7 @@ class _Lane:
         # HTTP/1.1: a few connections carry a thousand polls a second on loopback or across a region, and
         # each open connection costs the server a socket; HTTP/2 multiplexes the in-flight requests.
         self._slots = asyncio.Semaphore(
-            max(1, settings.max_in_flight if self.http2 else min(8, settings.max_in_flight))
+            max(1, settings.max_in_flight if self.http2 else min(HTTP1_CONNECTIONS, settings.max_in_flight))
         )
         self._idle: list[httpcore.AsyncHTTPConnection] = []  # HTTP/1.1: one request per connection at a time
         self.http1_streams = 0
