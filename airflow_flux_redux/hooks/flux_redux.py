@@ -42,13 +42,9 @@ from airflow_flux_redux.hooks._settings import DEFAULT_BASE_URL as DEFAULT_BASE_
 from airflow_flux_redux.hooks._settings import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT
 from airflow_flux_redux.hooks._settings import OPTIONAL_HEADERS as OPTIONAL_HEADERS
 from airflow_flux_redux.hooks._transport import (
-    _HTTPCORE_ERRORS,
     ASYNC_CLIENTS,
-    MAX_HTTP1_STREAMS,
+    StreamsBusyError,
     _client_kwargs,
-    _CoreStream,
-    _H2Body,
-    _httpx_error,
     _Reply,
     _ssl_context,
 )
@@ -623,36 +619,11 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
                 yield response
             return
         lane = ASYNC_CLIENTS.entry(settings).lane
-        if lane.http2:
-            h2_conn, h2_stream = await lane.h2_request(url)
-            read_timeout = max(60.0, settings.timeout)
-            try:
-                yield httpx.Response(
-                    h2_stream.status, headers=h2_stream.headers, stream=_H2Body(h2_stream.body(read_timeout))
-                )
-            finally:
-                h2_conn.cancel(h2_stream)
-            return
-        if fallback_when_busy and lane.http1_streams >= MAX_HTTP1_STREAMS:
-            raise StreamUnsupportedError(
-                f"all {MAX_HTTP1_STREAMS} HTTP/1.1 stream connections are in use (set the connection extra "
-                '"http2": true to multiplex streams)'
-            )
-        conn = lane.connection(http2=False)
-        request = lane.request(url, read_timeout=max(60.0, settings.timeout))
-        lane.http1_streams += 1
         try:
-            try:
-                core = await conn.handle_async_request(request)
-            except _HTTPCORE_ERRORS as err:
-                raise _httpx_error(err) from None
-            try:
-                yield httpx.Response(core.status, headers=core.headers, stream=_CoreStream(core))
-            finally:
-                await core.aclose()
-        finally:
-            lane.http1_streams -= 1
-            await conn.aclose()
+            async with lane.stream(url, max(60.0, settings.timeout), limit_http1=fallback_when_busy) as response:
+                yield response
+        except StreamsBusyError as err:
+            raise StreamUnsupportedError(f'{err}; the connection extra "http2": true multiplexes streams') from None
 
     async def wait(
         self,
