@@ -47,7 +47,7 @@ def test_a_marked_failed_while_deferred_cancels_the_remote_job(e2e: Session) -> 
     e2e.reset_emulator(queue_seconds=2.0, run_seconds=60.0)
     run_id = d.trigger(DAG_ID)
     d.wait_task(DAG_ID, run_id, TASK_ID, ["deferred"], timeout=90)
-    request_id = wait_trigger_running(e2e, DAG_ID, run_id, TASK_ID)["kwargs"]["request_id"]
+    request_id = wait_trigger_running(e2e, DAG_ID, run_id, TASK_ID)["kwargs"]["handle"]["request_id"]
 
     d.set_state(DAG_ID, run_id, TASK_ID, "failed")
     wait_for(
@@ -71,7 +71,7 @@ def test_b_stalled_triggerer_wakes_up_without_cancelling_the_moved_job(e2e: Sess
     """
     d = e2e.deployment
     run_id, row = start_deferred_run(e2e, DAG_ID, TASK_ID, queue_seconds=2.0, run_seconds=25.0, triggerers=2)
-    request_id = row["kwargs"]["request_id"]
+    request_id = row["kwargs"]["handle"]["request_id"]
     stalled = d.triggerer_of_job(row["triggerer_id"])
     (healthy,) = [t for t in d.live_triggerers() if t is not stalled]
 
@@ -112,7 +112,7 @@ def test_c_one_of_two_triggerers_killed_the_other_takes_over(e2e: Session) -> No
     """Two triggerers; SIGKILL the one running the trigger: the other resumes it after the health threshold."""
     d = e2e.deployment
     run_id, row = start_deferred_run(e2e, DAG_ID, TASK_ID, queue_seconds=2.0, run_seconds=14.0, triggerers=2)
-    request_id = row["kwargs"]["request_id"]
+    request_id = row["kwargs"]["handle"]["request_id"]
     victim = d.triggerer_of_job(row["triggerer_id"])
     (survivor,) = [t for t in d.live_triggerers() if t is not victim]
 
@@ -141,14 +141,15 @@ def test_d_worker_killed_after_submit_retry_reconnects(e2e: Session) -> None:
     ti = d.wait_task(SYNC_DAG, run_id, SYNC_TASK, ["running"], timeout=90)
 
     def polled_request() -> str | None:
-        # The request id goes to the task_state_store right after submit, before the first status poll.
+        # The request id goes to the task_state_store right after submit, before the wait starts (the
+        # status stream here, as the emulator serves it).
         for request_id, job in e2e.emulator.stats()["requests"].items():
-            if job["status_polls"] > 0:
+            if job["status_polls"] + job.get("stream_opens", 0) > 0:
                 return request_id
         return None
 
     request_id = wait_for(
-        "the worker to poll its request", polled_request, 60, 0.2, lambda: d.diagnostics(SYNC_DAG, run_id)
+        "the worker to follow its request", polled_request, 60, 0.2, lambda: d.diagnostics(SYNC_DAG, run_id)
     )
     workers = wait_for("the task's worker process", lambda: d.worker_processes(ti["id"]), 20, 0.2)
     for worker in workers:
