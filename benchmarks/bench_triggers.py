@@ -71,7 +71,7 @@ WAITERS: dict[str, Waiter] = {
     "http-session": Waiter("Airflow HttpAsyncHook session loop"),
     # Ablations: our poll with one part of the transport replaced by what httpx/httpcore give.
     "abl-httpx": Waiter("  poll, lane off: pooled httpx client", wait_mode="poll", ablation="httpx"),
-    "abl-anyio": Waiter("  poll, lane on httpcore's anyio backend", wait_mode="poll", ablation="anyio"),
+    "abl-httpcore": Waiter("  poll, lane on httpcore+h11, not _http1", wait_mode="poll", ablation="httpcore"),
     "abl-h2-httpx": Waiter(
         "  stream, HTTP/2 by httpcore, not ours", server="hypercorn", stream=True, http2=True, ablation="httpx"
     ),
@@ -192,12 +192,20 @@ def _ablate(part: str) -> None:
         from airflow_flux_redux.hooks._settings import FluxReduxSettings
 
         FluxReduxSettings.same_origin = lambda self, url: False  # type: ignore[method-assign]
-    elif part == "anyio":  # the lane on httpcore's own (anyio) network backend
+    elif part == "httpcore":  # the lane's HTTP/1.1 GETs through httpcore's pool (h11), not _http1
         import httpcore
 
-        from airflow_flux_redux.hooks import _transport
+        from airflow_flux_redux.hooks._transport import HTTP1_CONNECTIONS, _Lane, _Reply
 
-        _transport._ASYNCIO_BACKEND = httpcore.AnyIOBackend()  # type: ignore[assignment]
+        pools: dict[int, httpcore.AsyncConnectionPool] = {}
+
+        async def get(self: _Lane, url: str) -> _Reply:
+            pool = pools.setdefault(id(self), httpcore.AsyncConnectionPool(max_connections=HTTP1_CONNECTIONS))
+            async with self._slots:
+                answer = await pool.request("GET", url, headers=[(b"host", self.authority), *self._h2_headers])
+            return _Reply(answer.status, answer.headers, answer.content)
+
+        _Lane.get = get  # type: ignore[method-assign]
 
 
 async def _flux_wait(trigger: Any) -> str:
