@@ -217,12 +217,3 @@ class H2Connection:
                 self._h2.close_connection()
                 self._flush()
         self._fail(httpx.RemoteProtocolError("HTTP/2 connection closed"))
-
-
-class H2Body(httpx.AsyncByteStream):
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self._chunks = chunks
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._chunks:
-            yield chunk

@@ -117,14 +117,17 @@ class Http1Connection(asyncio.Protocol):
             self._waiter = None
             timer.cancel()
 
+    async def _find(self, marker: bytes, what: str, timeout: float) -> int:
+        """Where ``marker`` starts in the buffer, reading until it comes (within ``MAX_HEAD_BYTES``)."""
+        while (end := self._buffer.find(marker)) < 0:
+            if len(self._buffer) > MAX_HEAD_BYTES:
+                raise httpx.RemoteProtocolError(f"{what} is too large")
+            await self._more(timeout)
+        return end
+
     async def _head(self, timeout: float) -> tuple[int, list[tuple[bytes, bytes]]]:
         while True:
-            end = self._buffer.find(b"\r\n\r\n")
-            while end < 0:
-                if len(self._buffer) > MAX_HEAD_BYTES:
-                    raise httpx.RemoteProtocolError("the answer's headers are too large")
-                await self._more(timeout)
-                end = self._buffer.find(b"\r\n\r\n")
+            end = await self._find(b"\r\n\r\n", "the answer's headers", timeout)
             lines = bytes(self._buffer[:end]).split(b"\r\n")
             del self._buffer[: end + 4]
             version, _, rest = lines[0].partition(b" ")
@@ -169,7 +172,7 @@ class Http1Connection(asyncio.Protocol):
         # Another request may follow only on a kept-alive connection with nothing left unread.
         self.reusable = self._keep_alive and not self._eof and not self._buffer
 
-    async def _sized(self, length: int, timeout: float) -> AsyncIterator[bytes]:
+    async def _exactly(self, length: int, timeout: float) -> AsyncIterator[bytes]:
         while length:
             if not self._buffer:
                 await self._more(timeout)
@@ -177,16 +180,15 @@ class Http1Connection(asyncio.Protocol):
             del self._buffer[:length]
             length -= len(take)
             yield take
+
+    async def _sized(self, length: int, timeout: float) -> AsyncIterator[bytes]:
+        async for piece in self._exactly(length, timeout):
+            yield piece
         self._done()
 
     async def _chunked(self, timeout: float) -> AsyncIterator[bytes]:
         while True:
-            end = self._buffer.find(b"\r\n")
-            while end < 0:
-                if len(self._buffer) > MAX_HEAD_BYTES:
-                    raise httpx.RemoteProtocolError("a chunk size line is too long")
-                await self._more(timeout)
-                end = self._buffer.find(b"\r\n")
+            end = await self._find(b"\r\n", "a chunk size line", timeout)
             size_text = bytes(self._buffer[:end]).split(b";", 1)[0].strip()
             try:
                 size = int(size_text, 16)
@@ -195,26 +197,16 @@ class Http1Connection(asyncio.Protocol):
             del self._buffer[: end + 2]
             if size == 0:
                 break
-            while size:
-                if not self._buffer:
-                    await self._more(timeout)
-                take = bytes(self._buffer[:size])
-                del self._buffer[:size]
-                size -= len(take)
-                yield take
+            async for piece in self._exactly(size, timeout):
+                yield piece
             while len(self._buffer) < 2:
                 await self._more(timeout)
             if self._buffer[:2] != b"\r\n":
                 raise httpx.RemoteProtocolError("a chunk did not end with CRLF")
             del self._buffer[:2]
         # Trailers (rarely sent) end with an empty line.
-        while (end := self._buffer.find(b"\r\n")) != 0:
-            if end < 0:
-                if len(self._buffer) > MAX_HEAD_BYTES:
-                    raise httpx.RemoteProtocolError("the trailers are too large")
-                await self._more(timeout)
-            else:
-                del self._buffer[: end + 2]
+        while (end := await self._find(b"\r\n", "a trailer", timeout)) != 0:
+            del self._buffer[: end + 2]
         del self._buffer[:2]
         self._done()
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from airflow_flux_redux.hooks._h2 import H2Body, H2Connection, H2Stream, StreamRefused
+from airflow_flux_redux.hooks._h2 import H2Connection, H2Stream, StreamRefused
 from airflow_flux_redux.hooks._http1 import Http1Connection, request_bytes
 from airflow_flux_redux.hooks._settings import _SETTINGS_CACHE
 from airflow_flux_redux.hooks._tls import ssl_context as _ssl_context
@@ -75,7 +75,7 @@ class _Reply:
 
 
 class _Body(httpx.AsyncByteStream):
-    """An HTTP/1.1 answer's body as an httpx stream (for ``httpx-sse``)."""
+    """An answer's body, read as it comes, as an httpx stream (for ``httpx-sse``)."""
 
     def __init__(self, chunks: AsyncIterator[bytes]) -> None:
         self._chunks = chunks
@@ -178,7 +178,7 @@ class _Lane:
             h2_conn, h2_stream = await self.h2_request(url)
             try:
                 yield httpx.Response(
-                    h2_stream.status, headers=h2_stream.headers, stream=H2Body(h2_stream.body(read_timeout))
+                    h2_stream.status, headers=h2_stream.headers, stream=_Body(h2_stream.body(read_timeout))
                 )
             finally:
                 h2_conn.cancel(h2_stream)
