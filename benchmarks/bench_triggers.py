@@ -634,9 +634,9 @@ def _summary(
         if name == AIOHTTP or base is None:
             continue
         ours, theirs = _figures(n, result, stats), _figures(n, *base)
-        per_wait, per_poll = ours["ms_per_wait"] / theirs["ms_per_wait"], ours["us_per_poll"] / theirs["us_per_poll"]
-        memory = ours["kb"] / max(0.1, theirs["kb"])
-        print(f"  N={n:>6} {WAITERS[name].label.strip():<38} CPU/wait x{per_wait:.2f}  CPU/poll x{per_poll:.2f}  "
+        per_wait, memory = ours["ms_per_wait"] / theirs["ms_per_wait"], ours["kb"] / max(0.1, theirs["kb"])
+        per_poll = f"x{ours['us_per_poll'] / theirs['us_per_poll']:.2f}" if ours["polls"] >= 1 else "-"
+        print(f"  N={n:>6} {WAITERS[name].label.strip():<38} CPU/wait x{per_wait:.2f}  CPU/poll {per_poll:<6} "
               f"KB x{memory:.2f}")  # fmt: skip
     if worker:
         print(
