@@ -3,8 +3,8 @@
 Its own module because it is a concern of its own. Submit, cancel, URLs on other trusted origins and the
 sync hook use httpx's clients. The waits' GETs (status polls, results, status streams) on the
 connection's own origin take the lane: a few keep-alive HTTP/1.1 connections (``_http1``) or multiplexed
-HTTP/2 ones (``_h2``). Through a pooled ``httpx.AsyncClient`` a poll of 1,000 waiting triggers cost 4x
-the lane's, through httpcore and h11 2x (benchmarks/README.md). The hook keeps the retry policy and the
+HTTP/2 ones (``_h2``). Through a pooled ``httpx.AsyncClient`` a wait cost 5x what it costs on the lane,
+through httpcore and h11 2.6x (benchmarks/README.md). The hook keeps the retry policy and the
 reading of answers; everything here returns raw answers or raises httpx's transport errors.
 """
 
