@@ -246,7 +246,7 @@ async def test_h2_stream_reads_events_and_a_cancelled_stream_leaves_the_connecti
 
 async def test_h2_connection_loss_fails_the_open_streams_with_an_httpx_error() -> None:
     config = EmulatorConfig(key=API_KEY, auth_scheme="Key", queue_seconds=0.05, run_seconds=30)
-    server = EmulatorServer(config, server="hypercorn").start()
+    server = EmulatorServer(config, server="hypercorn", in_process=False).start()
     try:
         handle = submit(server)
         lane = lane_for(server.url, http2=True)
