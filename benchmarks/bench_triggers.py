@@ -281,6 +281,21 @@ def _http_session_waiter(base: str) -> Any:
     return wait
 
 
+def _gc_pauses() -> list[float]:
+    """The length of every garbage collection from now on: the loop stalls for each."""
+    pauses: list[float] = []
+    started = [0.0]
+
+    def track(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(track)
+    return pauses
+
+
 def _profiler() -> Any:
     """pyinstrument over the waiting only (not the submits and imports)."""
     from pyinstrument import Profiler
@@ -354,6 +369,7 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
             if not outcomes:  # every waiter is still waiting
                 rss_waiting = max(rss_waiting, _rss())
 
+    gc_pauses = _gc_pauses()
     profiler = _profiler() if spec.get("profile") else None
     server_cpu0 = sum(server.cpu_times()[:2])
     cpu0, wall0 = time.process_time(), time.monotonic()
@@ -387,6 +403,7 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
         "outcomes": outcomes,
         "connections": opened,
         "lag": lag,
+        "gc_max": max(gc_pauses, default=0.0),
     }
 
 
@@ -585,7 +602,7 @@ def main() -> None:
 
 HEADER = (
     f"{'waiter':<40}{'N':>6}{'ms/wait':>9}{'µs/poll':>9}{'polls':>7}{'need':>6}{'KB':>7}{'conns':>7}"
-    f"{'lag max':>9}{'p50':>8}{'p99':>9}{'cores':>7}{'srv':>6}  done"
+    f"{'lag max':>9}{'gc max':>8}{'p50':>8}{'p99':>9}{'cores':>7}{'srv':>6}  done"
 )
 
 
@@ -614,7 +631,7 @@ def _row(name: str, n: int, result: dict[str, Any] | None, stats: dict[str, Any]
     per_poll = f"{f['us_per_poll']:.0f}" if f["polls"] >= 1 else "-"  # a stream wait makes no polls
     return (
         f"{label:<40}{n:>6}{f['ms_per_wait']:>8.2f}{sat}{per_poll:>9}{f['polls']:>7.1f}{f['need']:>6.1f}"
-        f"{f['kb']:>7.1f}{result['connections']:>7}{_fmt_seconds(result['lag']):>9}{_fmt_seconds(result['p50']):>8}"
+        f"{f['kb']:>7.1f}{result['connections']:>7}{_fmt_seconds(result['lag']):>9}{_fmt_seconds(result['gc_max']):>8}{_fmt_seconds(result['p50']):>8}"
         f"{_fmt_seconds(result['p99']):>9}{f['cores']:>7.2f}{result['server_cores']:>6.2f}  {done}"
     )
 
@@ -626,7 +643,8 @@ def _summary(
 
     by = {(name, n): (result, stats) for name, n, result, stats in results if result is not None}
     print("\nms/wait: CPU of the waiting process per wait; µs/poll: the same per status request; polls: status")
-    print("requests per wait; need: job length / P + 1; KB: RSS per wait; lag max: longest event-loop stall.")
+    print("requests per wait; need: job length / P + 1; KB: RSS per wait; lag max: longest event-loop stall;")
+    print("gc max: longest garbage collection (the loop stalls for it).")
     print("* = the waiting process or the emulator used > 0.9 core (saturated on this machine)")
     print("\nRatios to aiohttp with one shared session, same N, same run (< 1 means cheaper than aiohttp):")
     for (name, n), (result, stats) in by.items():
