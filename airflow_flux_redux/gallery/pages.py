@@ -126,9 +126,9 @@ def _picture(urls: Urls, image: ImageView, anchor: str) -> str:
     size = f"{image.width}x{image.height}" if image.width and image.height else "image"
     alt = f"output {image.index} ({size})"
     return (
-        f'<a href="#{anchor}"><img src="{escape(thumb)}" alt="{escape(alt)}" loading="lazy" '
+        f'<a href="#{escape(anchor)}"><img src="{escape(thumb)}" alt="{escape(alt)}" loading="lazy" '
         f'data-role="thumbnail"></a>'
-        f'<div class="overlay" id="{anchor}"><a class="close" href="#" aria-label="close"></a>'
+        f'<div class="overlay" id="{escape(anchor)}"><a class="close" href="#" aria-label="close"></a>'
         f'<img src="{escape(full)}" alt="{escape(alt)} full size" loading="lazy"></div>'
     )
 
@@ -217,11 +217,11 @@ def task_page(root: str, record: TaskRecord) -> str:
     return _page(f"FLUX Redux {record.label}", body)
 
 
-def _run_card(root: str, record: TaskRecord) -> str:
+def _run_card(root: str, position: int, record: TaskRecord) -> str:
     urls = Urls(root, record)
     views = images(record)
     if views:
-        pictures = "".join(_picture(urls, v, f"{record.task_id}-{record.map_index}-{v.index}") for v in views)
+        pictures = "".join(_picture(urls, v, f"task-{position}-{v.index}") for v in views)
     elif record.error:
         pictures = f'<div class="placeholder error" data-role="error">{escape(record.error)}</div>'
     else:
@@ -243,7 +243,7 @@ def run_page(root: str, dag_id: str, run_id: str, run: Gallery) -> str:
         f"<div><b>{_number(cost.megapixels)}</b>megapixels</div>"
         f"<div><b>{_number(cost.billable_units)}</b>fal billable units</div></div>"
     )
-    cards = "".join(_run_card(root, record) for record in run.records)
+    cards = "".join(_run_card(root, position, record) for position, record in enumerate(run.records))
     grid = (
         f'<div class="grid" data-role="contact-sheet">{cards}</div>'
         if cards
