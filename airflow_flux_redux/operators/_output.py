@@ -70,9 +70,4 @@ def input_reference(image_url: Any) -> str:
 def result_cost(result: ReduxResult) -> dict[str, float | None]:
     """What the provider can know about a job's cost: megapixels made, and fal's billable units when sent."""
     sizes = [image.width * image.height for image in result.images if image.width and image.height]
-    # The lead adds ReduxResult.billable_units (the X-Fal-Billable-Units header); read it where it exists.
-    billable = getattr(result, "billable_units", None)
-    return {
-        "megapixels": round(sum(sizes) / 1e6, 6) if sizes else None,
-        "billable_units": None if billable is None else float(billable),
-    }
+    return {"megapixels": round(sum(sizes) / 1e6, 6) if sizes else None, "billable_units": result.billable_units}
