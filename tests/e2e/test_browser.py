@@ -441,13 +441,16 @@ def test_run_gallery_is_a_contact_sheet_with_states_errors_and_cost(
         assert failed.count() == 1
         expect_text(failed, "failed", "FluxReduxJobFailedError")
         # A deferral (and a failure) logs no extra-link "XCom not found" error; a task that went well, no error.
+        deferred = 0
         for index, state in states.items():
             entries = deployment.task_log(MAPPED_DAG_ID, run_id, MAPPED_TASK_ID, map_index=index)
             text = json.dumps(entries, default=str)
             assert "XCom not found" not in text, text[-3000:]
             if state == "success" and "Pausing task as DEFERRED" in text:
+                deferred += 1
                 levels = {str(e.get("level", "")).lower() for e in entries if isinstance(e, dict)}
                 assert "error" not in levels, text[-3000:]
+        assert deferred > 0, "no mapped task deferred: the deferral case was not checked"
         # The run's cost is the sum of what each task recorded.
         results = [
             deployment.xcom(MAPPED_DAG_ID, run_id, MAPPED_TASK_ID, map_index=index)
