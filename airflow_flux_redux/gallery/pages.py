@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from airflow_flux_redux.gallery.records import (
+    OPERATOR,
     Cost,
     Gallery,
     ImageView,
@@ -186,6 +187,9 @@ def _cost(cost: Cost) -> str:
 
 
 def task_page(root: str, record: TaskRecord) -> str:
+    if record.request_id is None and record.result is None and record.operator not in (None, OPERATOR):
+        note = f"{escape(record.label)} is a {escape(record.operator or '')}: this tab shows FluxReduxOperator tasks."
+        return _page("FLUX Redux", f'<p class="muted" data-role="not-ours">{note}</p>')
     urls = Urls(root, record)
     result = record.result
     header = f"<h1>FLUX Redux · {escape(record.label)} {_badge(record.state)}</h1>"

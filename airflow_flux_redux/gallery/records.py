@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from datetime import datetime
 
 
+#: The operator class the gallery is about (a task instance row names its operator's class).
+OPERATOR = "FluxReduxOperator"
+
+
 @dataclass(frozen=True)
 class TaskRecord:
     """One task instance of FluxReduxOperator as the metadata database has it."""
@@ -33,6 +37,8 @@ class TaskRecord:
     finished_at: datetime | None = None
     #: Why a failed task failed (the exception's type), where known.
     error: str | None = None
+    #: The task's operator class name (the tab is on every task instance's page, not only ours).
+    operator: str | None = None
 
     @property
     def label(self) -> str:

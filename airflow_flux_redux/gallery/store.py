@@ -9,13 +9,12 @@ from airflow.models.xcom import XComModel
 from sqlalchemy import select
 
 from airflow_flux_redux.gallery.failures import failure_type
-from airflow_flux_redux.gallery.records import Gallery, TaskRecord, gallery
+from airflow_flux_redux.gallery.records import OPERATOR, Gallery, TaskRecord, gallery
 from airflow_flux_redux.links import XCOM_REQUEST_ID
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-OPERATOR = "FluxReduxOperator"
 RETURN_VALUE = "return_value"
 _KEYS = (RETURN_VALUE, XCOM_REQUEST_ID)
 _Key = tuple[str, int]
@@ -48,6 +47,7 @@ def _record(ti: TaskInstance, xcoms: dict[str, Any]) -> TaskRecord:
         submitted_at=request_row.timestamp if request_row is not None else None,
         finished_at=result_row.timestamp if result_row is not None else None,
         error=failure_type(ti) if state in ("failed", "up_for_retry") else None,
+        operator=ti.operator,
     )
 
 

@@ -134,3 +134,10 @@ def test_run_page_is_a_contact_sheet_with_states_errors_and_totals() -> None:
     assert "FluxReduxJobFailedError: content_policy" in html
     assert "<b>2</b>images" in html and "<b>1.442</b>megapixels" in html
     assert API_KEY not in html
+
+
+def test_the_tab_on_another_operators_task_says_so() -> None:
+    other = record(result=None, request_id=None, submitted_at=None, finished_at=None, operator="BashOperator")
+    html = pages.task_page("", other)
+    assert "is a BashOperator" in html and "Timeline" not in html
+    assert "Timeline" in pages.task_page("", record(operator="FluxReduxOperator"))
