@@ -12,7 +12,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: fal's error types appear in our exceptions' messages as "(error_type)"; the card shows the first words.
+#: How much of the exception's message a card shows (the task log has all of it).
 _MAX_DETAIL = 160
 
 
