@@ -148,6 +148,23 @@ def task_cost(record: TaskRecord) -> Cost:
     )
 
 
+def _run_time(result: dict[str, Any]) -> tuple[float | None, str]:
+    """How long the model ran: the queue's ``metrics.inference_time``, else the model's ``timings.inference``.
+
+    The queue's metrics come with the final status, which a wait in the worker does not keep; the model's
+    own timings are part of every result.
+    """
+    for field_name, key, source in (
+        ("metrics", "inference_time", "fal's inference_time"),
+        ("timings", "inference", "the model's timings.inference"),
+    ):
+        values = result.get(field_name)
+        seconds = _number(values.get(key)) if isinstance(values, dict) else None
+        if seconds is not None:
+            return seconds, source
+    return None, ""
+
+
 def timeline(record: TaskRecord) -> list[Phase]:
     """submitted -> in queue -> in progress -> completed, from the times Airflow recorded and fal's metrics.
 
@@ -162,15 +179,14 @@ def timeline(record: TaskRecord) -> list[Phase]:
     if record.finished_at is None:
         return phases
     total = max(0.0, (record.finished_at - record.submitted_at).total_seconds())
-    metrics = (record.result or {}).get("metrics") or {}
-    inference = _number(metrics.get("inference_time")) if isinstance(metrics, dict) else None
+    inference, source = _run_time(record.result or {})
     if inference is not None and 0 <= inference <= total:
         queued = total - inference
-        phases.append(Phase("in queue", record.submitted_at, queued, "until the model ran (the wait less fal's run)"))
+        phases.append(Phase("in queue", record.submitted_at, queued, "until the model ran (the wait less its run)"))
         started = record.submitted_at + timedelta(seconds=queued)
-        phases.append(Phase("in progress", started, inference, "fal's inference_time"))
+        phases.append(Phase("in progress", started, inference, source))
     else:
-        phases.append(Phase("in queue + in progress", record.submitted_at, total, "fal sent no inference_time"))
+        phases.append(Phase("in queue + in progress", record.submitted_at, total, "fal sent no run time"))
     phases.append(Phase("completed", record.finished_at, None, "result fetched and files saved"))
     return phases
 

@@ -233,7 +233,9 @@ def test_connection_form_shows_flux_redux_fields(
             default = field["schema"].get("default")
             if default is None:
                 continue
-            expect(dialog.locator(f"input[name='element_{name}']")).to_have_value(str(default))
+            # A number field shows 30.0 as "30".
+            shown = str(int(default)) if isinstance(default, float) and default.is_integer() else str(default)
+            expect(dialog.locator(f"input[name='element_{name}']")).to_have_value(shown)
             if "enum" in field["schema"]:
                 expect(dialog.locator(f"div#element_{name}")).to_contain_text(str(default))
         shot(page, "connection-form-extra", request)
@@ -387,9 +389,16 @@ def test_task_gallery_tab_shows_images_timeline_and_cost(
         # Every picture is an image the browser decoded: two outputs (server-made thumbnails) and the input.
         assert loaded_images(frame, "img[data-role=thumbnail]") == [320, 320], "output thumbnails"
         assert loaded_images(frame, "img[data-role=input]")[0] > 0, "input image"
-        timeline = expect_text(frame.locator("table[data-role=timeline]"), "submitted", "in queue", "in progress")
-        assert "completed" in timeline and " s" in timeline
-        facts = expect_text(body, "NSFW flags", "saved to", "megapixels", "fal metrics", "inference_time")
+        expect_text(frame.locator("table[data-role=timeline]"), "completed")
+        phases = frame.locator("table[data-role=timeline] tr td:first-child").all_inner_texts()
+        assert phases == ["submitted", "in queue", "in progress", "completed"], phases
+        durations = frame.locator("table[data-role=timeline] tr td:nth-child(3)").all_inner_texts()
+        assert all(text.endswith(" s") for text in durations[1:3]), durations
+        facts = expect_text(body, "NSFW flags", "saved to", "megapixels", "fal billable units", "fal metrics")
+        # The cost as recorded: megapixels made and fal's billable units (the emulator sends the header).
+        cost = result["cost"]
+        shown = [f"{value:,.3f}".rstrip("0").rstrip(".") for value in (cost["megapixels"], cost["billable_units"])]
+        assert f"{shown[0]} megapixels; fal billable units: {shown[1]}" in facts, (cost, facts)
         for image in result["images"]:
             assert image["local_path"] in facts
         assert API_KEY not in page.content() and API_KEY not in frame.locator("html").inner_html()

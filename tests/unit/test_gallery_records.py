@@ -70,9 +70,16 @@ def test_timeline_splits_the_wait_with_fals_inference_time() -> None:
     assert phases[2].at == T0 + timedelta(seconds=6) and phases[3].at == T0 + timedelta(seconds=10)
 
 
-def test_timeline_without_metrics_or_result_says_only_what_is_known() -> None:
-    no_metrics = record(result=result(metrics={}))
-    assert [(p.name, p.seconds) for p in timeline(no_metrics)][1] == ("in queue + in progress", 10.0)
+def test_timeline_without_queue_metrics_uses_the_models_timings() -> None:
+    # A job that finished while the worker followed it: the final status's metrics are not in the result.
+    phases = timeline(record(result=result(metrics={})))
+    assert [(p.name, p.seconds) for p in phases][1:3] == [("in queue", 8.5), ("in progress", 1.5)]
+    assert "timings.inference" in phases[2].note
+
+
+def test_timeline_without_any_run_time_or_result_says_only_what_is_known() -> None:
+    no_run_time = record(result=result(metrics={}, timings={}))
+    assert [(p.name, p.seconds) for p in timeline(no_run_time)][1] == ("in queue + in progress", 10.0)
     waiting = record(state="deferred", result=None, finished_at=None)
     assert [p.name for p in timeline(waiting)] == ["submitted"]
     assert timeline(record(state="failed", result=None, request_id=None, submitted_at=None, finished_at=None)) == []
