@@ -233,9 +233,13 @@ def test_connection_form_shows_flux_redux_fields(
             default = field["schema"].get("default")
             if default is None:
                 continue
+            box = dialog.locator(f"input[name='element_{name}']")
+            if isinstance(default, bool):  # a checkbox
+                expect(box).to_be_checked(checked=default)
+                continue
             # A number field shows 30.0 as "30".
             shown = str(int(default)) if isinstance(default, float) and default.is_integer() else str(default)
-            expect(dialog.locator(f"input[name='element_{name}']")).to_have_value(shown)
+            expect(box).to_have_value(shown)
             if "enum" in field["schema"]:
                 expect(dialog.locator(f"div#element_{name}")).to_contain_text(str(default))
         shot(page, "connection-form-extra", request)
