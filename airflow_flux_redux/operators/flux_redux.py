@@ -7,7 +7,6 @@ import base64
 import binascii
 import mimetypes
 import os
-import re
 import time
 from datetime import timedelta
 from functools import cached_property
@@ -32,13 +31,7 @@ from airflow_flux_redux.exceptions import (
 )
 from airflow_flux_redux.hooks._transport import ASYNC_CLIENTS
 from airflow_flux_redux.hooks.flux_redux import FluxReduxAsyncHook, FluxReduxHook
-from airflow_flux_redux.links import (
-    XCOM_IMAGE_URL,
-    XCOM_REQUEST_ID,
-    XCOM_STATUS_URL,
-    FluxReduxImageLink,
-    FluxReduxRequestLink,
-)
+from airflow_flux_redux.links import FIRST_IMAGE_ATTR, XCOM_IMAGE_URL, XCOM_REQUEST_ID, XCOM_STATUS_URL, operator_links
 from airflow_flux_redux.models import (
     FluxReduxRequest,
     QueueHandle,
@@ -46,6 +39,13 @@ from airflow_flux_redux.models import (
     QueueStatus,
     ReduxResult,
     validate_request,
+)
+from airflow_flux_redux.operators._output import (
+    DEFAULT_OUTPUT_NAME,
+    check_output_name,
+    input_reference,
+    output_file_name,
+    result_cost,
 )
 from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger
 from airflow_flux_redux.version_compat import DEFER_EVENT_HOLD, log_degraded_features
@@ -95,7 +95,10 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     :param output_format: ``jpeg`` or ``png``; the server's default when unset. (templated)
     :param acceleration: ``none``, ``regular`` or ``high``; the server's default when unset. (templated)
     :param output_path: Folder (any ``ObjectStoragePath`` location, ``file://`` included) to stream the
-        images into, as ``<request_id>_<index>.<ext>``. (templated)
+        images into. (templated)
+    :param output_name: File name of each saved image, without extension: a pattern with the fields
+        ``{request_id}``, ``{index}`` (required: a job makes up to 4 images) and ``{input_stem}`` (the input's
+        file name without extension); default ``{request_id}_{index}``. (templated, so ``{{ ds }}`` works too)
     :param flux_redux_conn_id: The ``flux_redux`` connection.
     :param deferrable: Wait in the triggerer (the default). ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``
         changes the default; airflow.cfg's value is not used, as Airflow writes ``false`` there by default.
@@ -122,9 +125,10 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         "output_format",
         "acceleration",
         "output_path",
+        "output_name",
     )
     template_fields_renderers = {"image_size": "json"}
-    operator_extra_links = (FluxReduxRequestLink(), FluxReduxImageLink())
+    operator_extra_links = operator_links()
     ui_color = "#f2e6ff"
     external_id_key = "flux_redux_request"
 
@@ -141,6 +145,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         output_format: Literal["jpeg", "png"] | None = None,
         acceleration: Literal["none", "regular", "high"] | None = None,
         output_path: str | ObjectStoragePath | None = None,
+        output_name: str = DEFAULT_OUTPUT_NAME,
         flux_redux_conn_id: str = FluxReduxHook.default_conn_name,
         deferrable: bool | None = None,
         defer_after: float | timedelta = DEFAULT_DEFER_AFTER,
@@ -163,6 +168,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         self.output_format = output_format
         self.acceleration = acceleration
         self.output_path = output_path
+        self.output_name = check_output_name(output_name)
         self.flux_redux_conn_id = flux_redux_conn_id
         self.deferrable = _default_deferrable() if deferrable is None else deferrable
         self.defer_after = max(0.0, defer_after.total_seconds() if isinstance(defer_after, timedelta) else defer_after)
@@ -356,27 +362,36 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     def _finish(
         self, context: Context, handle: QueueHandle, result: ReduxResult, *, metrics: dict[str, Any]
     ) -> dict[str, Any]:
-        images: list[dict[str, Any]] = [
-            {
-                "url": None if image.url.startswith("data:") else image.url,
-                "width": image.width,
-                "height": image.height,
-                "content_type": image.content_type,
-                "path": self._save(handle.request_id, index, image.url),
-            }
-            for index, image in enumerate(result.images)
-        ]
+        images: list[dict[str, Any]] = []
+        for index, image in enumerate(result.images):
+            saved = self._save(handle.request_id, index, image.url)
+            images.append(
+                {
+                    "url": None if image.url.startswith("data:") else image.url,
+                    "width": image.width,
+                    "height": image.height,
+                    "content_type": image.content_type,
+                    # ``path`` keeps output_path's form (file://..., s3://...); ``local_path`` is what open() and
+                    # PIL.Image.open take, set only when the file is on a local filesystem.
+                    "path": None if saved is None else str(saved),
+                    "local_path": saved.path if saved is not None and saved.protocol in ("", "file") else None,
+                }
+            )
         output = {
             "request_id": handle.request_id,
+            "input": input_reference(self.image_url),
             "images": images,
             "seed": result.seed,
             "has_nsfw_concepts": result.has_nsfw_concepts,
             "timings": result.timings,
             "metrics": metrics,
+            "cost": result_cost(result),
         }
         first = images[0] if images else None
-        if first is not None and (first["url"] or first["path"]):
-            context["ti"].xcom_push(key=XCOM_IMAGE_URL, value=first["url"] or first["path"])
+        first_link = first["url"] or first["path"] if first is not None else None
+        if first_link:
+            context["ti"].xcom_push(key=XCOM_IMAGE_URL, value=first_link)
+            setattr(self, FIRST_IMAGE_ATTR, first_link)
         self._lineage = ([str(self.image_url)], [image["path"] or image["url"] for image in images])
         self.log.info(
             "Request %s done: %d image(s)%s",
@@ -386,29 +401,29 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         )
         return output
 
-    def _save(self, request_id: str, index: int, url: str) -> str | None:
-        """Stream one image to ``output_path`` under a name we build (never the server's), if asked to."""
+    def _save(self, request_id: str, index: int, url: str) -> ObjectStoragePath | None:
+        """Stream one image to ``output_path`` under the name ``output_name`` makes (never the server's), if asked."""
         if not self.output_path:
             return None
         folder = ObjectStoragePath(str(self.output_path))
         folder.mkdir(parents=True, exist_ok=True)
-        safe_id = re.sub(r"[^A-Za-z0-9_-]", "_", request_id)[:100]
+        name = output_file_name(self.output_name, request_id=request_id, index=index, image_url=self.image_url)
         if url.startswith("data:"):
             content_type, data = _decode_data_uri(url, self.max_image_bytes)
-            target = folder / f"{safe_id}_{index}.{_EXTENSIONS[content_type]}"
+            target = folder / f"{name}.{_EXTENSIONS[content_type]}"
             with target.open("wb") as sink:
                 sink.write(data)
-            return str(target)
-        partial = folder / f"{safe_id}_{index}.part"
+            return target
+        partial = folder / f"{name}.part"
         try:
             with partial.open("wb") as sink:
                 download = self.hook.download(url, sink, max_bytes=self.max_image_bytes)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        target = folder / f"{safe_id}_{index}.{_EXTENSIONS.get(download.content_type, 'bin')}"
+        target = folder / f"{name}.{_EXTENSIONS.get(download.content_type, 'bin')}"
         partial.rename(target)
-        return str(target)
+        return target
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Input image to output images, for the OpenLineage provider when it is installed."""
