@@ -5,15 +5,30 @@ No Airflow import here: the emulator and the models use these without loading Ai
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 
 class FluxReduxError(Exception):
-    """Base of every error this provider raises."""
+    """Base of every error this provider raises.
+
+    An error crosses a boundary (the trigger's event, stored in the metadata DB) as ``to_dict()``: its class
+    name and the fields it was built with; ``error_from_dict`` raises the same error on the other side.
+    """
 
     def __init__(self, message: str, *, request_id: str | None = None) -> None:
         self.request_id = request_id
         if request_id and request_id not in message:
             message = f"{message} (request id {request_id})"
         super().__init__(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"class", "message", "fields"}``: JSON primitives, enough to build the same error again."""
+        params = list(inspect.signature(type(self).__init__).parameters.values())[1:]
+        fields = {
+            p.name: getattr(self, p.name, None) for p in params if p.name != "message" and p.kind is not p.VAR_KEYWORD
+        }
+        return {"class": type(self).__name__, "message": str(self), "fields": fields}
 
 
 class InvalidRequestError(FluxReduxError, ValueError):
@@ -96,3 +111,22 @@ class FluxReduxSubmitUncertainError(FluxReduxTransportError):
 
 class FluxReduxProtocolError(FluxReduxError):
     """The server answered something that is not the fal queue protocol (bad JSON, missing fields)."""
+
+
+def error_from_dict(data: dict[str, Any]) -> FluxReduxError:
+    """The error ``FluxReduxError.to_dict`` described (the base class for a name this version does not know)."""
+    classes = {cls.__name__: cls for cls in _subclasses(FluxReduxError)}
+    cls = classes.get(str(data.get("class")), FluxReduxError)
+    fields = data.get("fields") or {}
+    message = str(data.get("message") or cls.__name__)
+    if cls is InvalidRequestError:
+        return InvalidRequestError(list(fields.get("problems") or [message]))
+    known = inspect.signature(cls.__init__).parameters
+    return cls(message, **{name: value for name, value in fields.items() if name in known})
+
+
+def _subclasses(cls: type[FluxReduxError]) -> list[type[FluxReduxError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_subclasses(sub))
+    return found

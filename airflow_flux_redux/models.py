@@ -149,6 +149,19 @@ class QueueHandle(_Response):
     status: QueueState = QueueState.IN_QUEUE
     queue_position: int | None = None
 
+    def to_dict(self) -> dict[str, str]:
+        """The one shape a handle crosses boundaries in (trigger kwargs and events, the state store, XCom)."""
+        return {name: getattr(self, name) for name in HANDLE_FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> QueueHandle:
+        if not isinstance(data, dict):
+            raise TypeError(f"a queue handle is a dict with {', '.join(HANDLE_FIELDS)}, not {type(data).__name__}")
+        return cls.model_validate({name: data.get(name) for name in HANDLE_FIELDS})
+
+
+HANDLE_FIELDS = ("request_id", "status_url", "response_url", "cancel_url")
+
 
 class LogEntry(_Response):
     message: str
@@ -196,6 +209,8 @@ class ReduxResult(_Response):
     seed: int | None = None
     has_nsfw_concepts: list[bool] = Field(default_factory=list)
     prompt: str | None = None
+    # Not in the body: the hook fills it from the result answer's X-Fal-Billable-Units header, where sent.
+    billable_units: float | None = None
 
 
 class ErrorDetail(_Response):

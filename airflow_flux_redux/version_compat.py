@@ -31,6 +31,14 @@ AIRFLOW_V_3_3_PLUS = AIRFLOW_VERSION >= (3, 3, 0)
 HAS_TASK_STATE_STORE = AIRFLOW_V_3_3_PLUS
 
 
+#: Seconds a trigger holds an event that comes soon after its task deferred. Airflow 3.3.2 (and earlier) fails
+#: a task resumed before the scheduler has processed the deferring workload's exit report, which comes some
+#: seconds after the deferral (apache/airflow#72716, #71580; fixes proposed in #71579, #72767, #73546).
+#: Measured on LocalExecutor: the report comes ~5 s after deferring. ``[flux_redux] defer_event_hold`` (env
+#: ``AIRFLOW__FLUX_REDUX__DEFER_EVENT_HOLD``) overrides it; drop the hold once those fixes ship.
+DEFER_EVENT_HOLD = 10.0
+
+
 def _trigger_on_kill() -> bool:
     from airflow.triggers.base import BaseTrigger
 

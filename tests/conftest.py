@@ -79,3 +79,13 @@ def logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]):
         return caplog.text + captured.out + captured.err
 
     return read
+
+
+@pytest.fixture(autouse=True)
+def _forget_stream_support() -> Iterator[None]:
+    """``auto`` remembers per process which origins do not serve the stream; each test starts afresh."""
+    from airflow_flux_redux import wait
+
+    wait._NO_STREAM.clear()
+    yield
+    wait._NO_STREAM.clear()

@@ -6,6 +6,7 @@ not import the hook.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from airflow_flux_redux.connection_extras import BY_NAME, EXTRAS, header_value, parse_extras
 from airflow_flux_redux.exceptions import FluxReduxConfigError, FluxReduxUntrustedUrlError
 
 if TYPE_CHECKING:
@@ -25,14 +27,9 @@ if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Connection
 
 DEFAULT_BASE_URL = "https://queue.fal.run"
-DEFAULT_ENDPOINT = "fal-ai/flux-1/schnell/redux"
-OPTIONAL_HEADERS = {
-    "queue_priority": "X-Fal-Queue-Priority",
-    "request_timeout": "X-Fal-Request-Timeout",
-    "runner_hint": "X-Fal-Runner-Hint",
-    "no_retry": "X-Fal-No-Retry",
-    "store_io": "X-Fal-Store-IO",
-}
+DEFAULT_ENDPOINT = BY_NAME["endpoint"].default
+# fal's queue hosts (the second is fal's backup). Relays pass fal's submit answer through, URLs and all.
+FAL_QUEUE_HOSTS = frozenset({"queue.fal.run", "queue.falrun.com"})
 
 
 def _origin(url: str | httpx.URL) -> tuple[str, str, int]:
@@ -69,6 +66,7 @@ class FluxReduxSettings:
     api_key: str = field(repr=False)
     auth_scheme: str = "Key"
     endpoint: str = DEFAULT_ENDPOINT
+    rebase_queue_urls: str = "auto"
     timeout: float = 30.0
     max_retries: int = 5
     retry_initial_wait: float = 0.5
@@ -97,31 +95,27 @@ class FluxReduxSettings:
                 "The API key has a space, control or non-ASCII character (a pasted line break?); "
                 "set it again in the connection's password."
             )
-        scheme = str(extra.get("auth_scheme") or "Key").strip()
-        if scheme not in ("Key", "Bearer"):
-            raise FluxReduxConfigError(f"Connection extra auth_scheme={scheme!r}; allowed: Key (fal) or Bearer.")
+        values = parse_extras(extra)
         headers = tuple(
-            (header, str(extra[name]).lower() if isinstance(extra[name], bool) else str(extra[name]))
-            for name, header in OPTIONAL_HEADERS.items()
-            if extra.get(name) not in (None, "")
+            (item.header, header_value(values[item.name]))
+            for item in EXTRAS
+            if item.header is not None and values[item.name] is not None
         )
-        try:
-            return cls(
-                base_url=(host or DEFAULT_BASE_URL).rstrip("/"),
-                api_key=api_key,
-                auth_scheme=scheme,
-                endpoint=str(extra.get("endpoint") or DEFAULT_ENDPOINT).strip("/"),
-                timeout=float(extra.get("timeout", 30.0)),
-                max_retries=int(extra.get("max_retries", 5)),
-                retry_initial_wait=float(extra.get("retry_initial_wait", 0.5)),
-                retry_max_wait=float(extra.get("retry_max_wait", 30.0)),
-                allowed_origins=_parse_allowed_hosts(extra.get("allowed_hosts")),
-                headers=headers,
-                http2=bool(extra.get("http2", False)),
-                max_in_flight=int(extra.get("max_in_flight", 64)),
-            )
-        except (TypeError, ValueError) as err:
-            raise FluxReduxConfigError(f"Connection extra has a bad number: {err}") from None
+        return cls(
+            base_url=(host or DEFAULT_BASE_URL).rstrip("/"),
+            api_key=api_key,
+            auth_scheme=values["auth_scheme"],
+            endpoint=values["endpoint"].strip("/"),
+            rebase_queue_urls=values["rebase_queue_urls"],
+            timeout=values["timeout"],
+            max_retries=values["max_retries"],
+            retry_initial_wait=values["retry_initial_wait"],
+            retry_max_wait=values["retry_max_wait"],
+            allowed_origins=_parse_allowed_hosts(values["allowed_hosts"]),
+            headers=headers,
+            http2=values["http2"],
+            max_in_flight=values["max_in_flight"],
+        )
 
     @cached_property
     def origin(self) -> tuple[str, str, int]:
@@ -134,9 +128,13 @@ class FluxReduxSettings:
     @cached_property
     def client_key(self) -> str:
         """Tells pooled clients apart without keeping the key itself as a dict key."""
-        # Everything a pooled client is built from: connections differing in any of it never share one.
-        parts = (self.base_url, self.authorization, self.http2, sorted(self.allowed_origins), self.timeout,
-                 self.max_in_flight)  # fmt: skip
+        # Every setting (the key as part of the Authorization value): connections differing in anything never
+        # share a pooled client.
+        parts = [self.authorization] + [
+            sorted(value) if isinstance(value, frozenset) else value
+            for name, value in ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))
+            if name != "api_key"
+        ]
         digest = hashlib.sha256(repr(parts).encode()).hexdigest()
         return digest[:32]
 
@@ -148,7 +146,10 @@ class FluxReduxSettings:
         if isinstance(url, str) and self.same_origin(url):
             return True
         origin = _origin(url)
-        return origin == self.origin or origin in self.allowed_origins
+        if origin == self.origin or origin in self.allowed_origins:
+            return True
+        # A fal key belongs on all of fal's queue hosts (fal lists a backup host), over https only.
+        return self.is_fal and origin[0] == "https" and origin[1] in FAL_QUEUE_HOSTS
 
     @cached_property
     def origin_prefix(self) -> str:
@@ -166,16 +167,48 @@ class FluxReduxSettings:
             return True
         return _origin(url) == self.origin
 
+    @cached_property
+    def is_fal(self) -> bool:
+        return self.origin[1] in FAL_QUEUE_HOSTS
+
+    def queue_url(self, url: str) -> str:
+        """The URL to call for a status, result or cancel URL the queue returned (``rebase_queue_urls``).
+
+        Relays answer with fal's own URLs, where their key is worthless and must not go: the same path is
+        called under the base URL instead (its own path prefix kept).
+        """
+        mode = self.rebase_queue_urls
+        if mode == "never" or self.same_origin(url):
+            return url
+        parts = urlsplit(url)
+        if mode == "auto" and (self.is_fal or (parts.hostname or "").lower() not in FAL_QUEUE_HOSTS):
+            return url
+        prefix = urlsplit(self.base_url).path.rstrip("/")
+        path = parts.path if not prefix or parts.path.startswith(f"{prefix}/") else f"{prefix}{parts.path}"
+        return f"{self.origin_prefix}{path}" + (f"?{parts.query}" if parts.query else "")
+
     def require_trusted(self, url: str, what: str, request_id: str | None) -> None:
         """Refuse, before sending anything, a URL whose origin would receive the key without consent."""
-        if not self.trusts(url):
-            scheme, host, port = _origin(url)
-            raise FluxReduxUntrustedUrlError(
-                f"The {what} URL {scheme}://{host}:{port} is not on the connection's origin "
-                f"{self.origin[0]}://{self.origin[1]}:{self.origin[2]}; nothing was sent. If that host is "
-                f'yours, trust it with the connection extra allowed_hosts (e.g. "{scheme}://{host}:{port}").',
-                request_id=request_id,
+        if self.trusts(url):
+            return
+        scheme, host, port = _origin(url)
+        here = f"{self.origin[0]}://{self.origin[1]}:{self.origin[2]}"
+        if host in FAL_QUEUE_HOSTS and not self.is_fal:
+            # Never advise trusting fal with a gateway's key: it is worthless there and must not leak.
+            advice = (
+                f"This connection's key belongs to {here}, not to fal. Set the connection extra "
+                "rebase_queue_urls to auto (the default) or always, so the same path is called on the base URL."
             )
+        else:
+            advice = (
+                f'If that host is yours, trust it with the connection extra allowed_hosts (e.g. "{scheme}://{host}:'
+                f'{port}").'
+            )
+        raise FluxReduxUntrustedUrlError(
+            f"The {what} URL {scheme}://{host}:{port} is not on the connection's origin {here}; nothing was sent. "
+            + advice,
+            request_id=request_id,
+        )
 
 
 # A triggerer's hooks share the connection's settings per loop and conn id for this long: a thousand

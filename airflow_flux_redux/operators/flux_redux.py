@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import mimetypes
@@ -23,13 +24,13 @@ from airflow.providers.common.compat.sdk import (
 
 from airflow_flux_redux.exceptions import (
     FluxReduxError,
-    FluxReduxJobFailedError,
     FluxReduxProtocolError,
     FluxReduxRequestRejectedError,
     FluxReduxSubmitUncertainError,
-    FluxReduxTimeoutError,
+    error_from_dict,
 )
-from airflow_flux_redux.hooks.flux_redux import FluxReduxHook, StatusReporter
+from airflow_flux_redux.hooks._transport import ASYNC_CLIENTS
+from airflow_flux_redux.hooks.flux_redux import FluxReduxAsyncHook, FluxReduxHook
 from airflow_flux_redux.links import (
     XCOM_IMAGE_URL,
     XCOM_REQUEST_ID,
@@ -37,9 +38,17 @@ from airflow_flux_redux.links import (
     FluxReduxImageLink,
     FluxReduxRequestLink,
 )
-from airflow_flux_redux.models import FluxReduxRequest, QueueHandle, QueueState, ReduxResult, validate_request
-from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger, WaitMode
-from airflow_flux_redux.version_compat import log_degraded_features
+from airflow_flux_redux.models import (
+    FluxReduxRequest,
+    QueueHandle,
+    QueueState,
+    QueueStatus,
+    ReduxResult,
+    validate_request,
+)
+from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger
+from airflow_flux_redux.version_compat import DEFER_EVENT_HOLD, log_degraded_features
+from airflow_flux_redux.wait import StatusReporter, WaitMode, WaitPolicy, raise_if_failed
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -47,7 +56,9 @@ if TYPE_CHECKING:
 
 _ACTIVE = {QueueState.IN_QUEUE.value, QueueState.IN_PROGRESS.value}
 _SUCCEEDED = "SUCCEEDED"
-_HANDLE_FIELDS = ("request_id", "status_url", "response_url", "cancel_url")
+# Real schnell Redux jobs take 1-2 s plus a short queue: they finish inside this window without deferring.
+# Chosen by measurement (benchmarks/bench_fast_jobs.py, README "Waiting in the worker first").
+DEFAULT_DEFER_AFTER = 10.0
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 
 
@@ -87,11 +98,14 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     :param flux_redux_conn_id: The ``flux_redux`` connection.
     :param deferrable: Wait in the triggerer (the default). ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``
         changes the default; airflow.cfg's value is not used, as Airflow writes ``false`` there by default.
+    :param defer_after: Seconds (or ``timedelta``) to follow the job in the worker before deferring; a job that
+        completes sooner finishes right there. 0 defers at once. Only with ``deferrable``.
     :param poll_interval: Seconds between status polls.
     :param timeout: The whole wait (seconds or ``timedelta``), from submit; the remote job is cancelled
         when it passes.
     :param cancel_on_kill: Cancel the remote job when the task is killed or marked failed while deferred.
-    :param wait_mode: How the trigger waits: ``poll``, ``stream`` or ``auto`` (stream, else poll).
+    :param wait_mode: How the wait follows the job, in the worker and in the triggerer: ``poll``, ``stream`` or
+        ``auto`` (the status stream where the server serves it, else polling).
     :param max_input_bytes: Largest local input image sent as a data URI.
     :param max_image_bytes: Largest output image downloaded.
     """
@@ -128,6 +142,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         output_path: str | ObjectStoragePath | None = None,
         flux_redux_conn_id: str = FluxReduxHook.default_conn_name,
         deferrable: bool | None = None,
+        defer_after: float | timedelta = DEFAULT_DEFER_AFTER,
         poll_interval: float = 1.0,
         timeout: float | timedelta = timedelta(hours=1),
         cancel_on_kill: bool = True,
@@ -149,12 +164,14 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         self.output_path = output_path
         self.flux_redux_conn_id = flux_redux_conn_id
         self.deferrable = _default_deferrable() if deferrable is None else deferrable
+        self.defer_after = max(0.0, defer_after.total_seconds() if isinstance(defer_after, timedelta) else defer_after)
         self.poll_interval = poll_interval
         self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
         self.cancel_on_kill = cancel_on_kill
         self.wait_mode = wait_mode
         self.max_input_bytes = max_input_bytes
         self.max_image_bytes = max_image_bytes
+        self._request: FluxReduxRequest | None = None
         self._handle: QueueHandle | None = None
         self._result: ReduxResult | None = None
         self._lineage: tuple[list[str], list[str | None]] = ([], [])
@@ -196,7 +213,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     # -- ResumableJobMixin: submit once, reconnect on retry ------------------------------------------------
 
     def execute(self, context: Context) -> Any:
-        self.build_request()
+        self._request = self.build_request()
         log_degraded_features(self.log, deferrable=self.deferrable, cancel_on_kill=self.cancel_on_kill)
         output = self.execute_resumable(context)
         if output is None and self._handle is not None and self._result is not None:
@@ -206,9 +223,8 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         return output
 
     def submit_job(self, context: Context) -> JsonValue:
-        request = self.build_request()
         try:
-            handle = self.hook.submit(request)
+            handle = self.hook.submit(self._request or self.build_request())
         except FluxReduxSubmitUncertainError as err:
             # A task retry would submit again and could pay twice: fail without retries, say what to check.
             raise AirflowFailException(str(err)) from err
@@ -221,10 +237,11 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             # The id must still reach the state store (the mixin stores what we return), or a retry pays twice.
             self.log.warning("Could not push request %s to XCom: %s", handle.request_id, err)
         self._handle = handle
-        return {**handle.model_dump(mode="json"), "deadline": time.time() + self.timeout}
+        stored: dict[str, JsonValue] = {"handle": dict(handle.to_dict()), "deadline": time.time() + self.timeout}
+        return stored
 
     def get_job_status(self, external_id: JsonValue, context: Context) -> str:
-        handle = _handle(external_id)
+        handle, _ = _stored(external_id)
         self._handle = handle
         try:
             status = self.hook.status(handle, logs=False)
@@ -242,31 +259,60 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         return status == _SUCCEEDED
 
     def poll_until_complete(self, external_id: JsonValue, context: Context) -> None:
-        handle = _handle(external_id)
+        """Follow the job in the worker for ``defer_after`` seconds (all the way when not deferrable), then defer.
+
+        A real-speed job (1-2 s) finishes inside the window and never defers: no triggerer round trip, and no
+        exposure to Airflow's race between a fast trigger event and the deferral (apache/airflow#72716).
+        """
+        handle, deadline = _stored(external_id)
         self._handle = handle
-        stored = external_id if isinstance(external_id, dict) else {}
-        deadline = float(str(stored.get("deadline") or time.time() + self.timeout))
-        if self.deferrable:
-            self.defer(
-                trigger=FluxReduxTrigger(
-                    request_id=handle.request_id,
-                    status_url=handle.status_url,
-                    response_url=handle.response_url,
-                    cancel_url=handle.cancel_url,
-                    deadline=deadline,
-                    flux_redux_conn_id=self.flux_redux_conn_id,
-                    poll_interval=self.poll_interval,
-                    wait_mode=self.wait_mode,
-                    cancel_on_kill=self.cancel_on_kill,
-                ),
-                method_name="execute_complete",
-                timeout=None,
-            )
-        report = StatusReporter(self.log, handle.request_id)
-        self._result = self.hook.wait(handle, poll_interval=self.poll_interval, deadline=deadline, on_status=report)
+        window_end = time.time() + self.defer_after if self.deferrable else None
+        if window_end is None or self.defer_after > 0:
+            final = self._follow_in_worker(handle, deadline, window_end)
+            if final is not None:
+                raise_if_failed(final, handle.request_id)
+                self._result = self.hook.result(handle)
+                return
+            self.log.info("Request %s still running after %.0fs; deferring.", handle.request_id, self.defer_after)
+        self.defer(
+            trigger=FluxReduxTrigger(
+                handle=handle.to_dict(),
+                deadline=deadline,
+                flux_redux_conn_id=self.flux_redux_conn_id,
+                poll_interval=self.poll_interval,
+                wait_mode=self.wait_mode,
+                cancel_on_kill=self.cancel_on_kill,
+                not_before=_not_before(),
+            ),
+            method_name="execute_complete",
+            timeout=None,
+        )
+
+    def _follow_in_worker(self, handle: QueueHandle, deadline: float, until: float | None) -> QueueStatus | None:
+        """The trigger's own wait (``FluxReduxAsyncHook.follow``: stream or polling), run in this worker."""
+        settings = self.hook.settings
+        policy = WaitPolicy(
+            request_id=handle.request_id,
+            status_url=handle.status_url,
+            deadline=deadline,
+            until=until,
+            poll_interval=self.poll_interval,
+            mode=self.wait_mode,
+            on_status=StatusReporter(self.log, handle.request_id),
+        )
+
+        async def follow() -> QueueStatus | None:
+            hook = FluxReduxAsyncHook(flux_redux_conn_id=self.flux_redux_conn_id)
+            hook.use_settings(settings)
+            try:
+                return await hook.follow(handle, policy)
+            finally:
+                await ASYNC_CLIENTS.aclose()
+
+        return asyncio.run(follow())
 
     def get_job_result(self, external_id: JsonValue, context: Context) -> dict[str, Any]:
-        handle = _handle(external_id)
+        handle, _ = _stored(external_id)
         result = self._result or self.hook.result(handle)
         return self._finish(context, handle, result, metrics={})
 
@@ -274,17 +320,13 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume from the trigger's event (which carries everything: ``dags test`` drops defer kwargs)."""
-        if not isinstance(event, dict) or "request_id" not in event or "status" not in event:
+        if not isinstance(event, dict) or "handle" not in event or "status" not in event:
             raise FluxReduxProtocolError(f"The trigger sent an event this operator does not understand: {event!r}")
-        handle = _handle(event)
+        handle = QueueHandle.from_dict(event["handle"])
         self._handle = handle
-        status = event["status"]
-        if status == "timeout":
-            raise FluxReduxTimeoutError(event["message"], request_id=handle.request_id)
-        if status in ("failed", "cancelled"):
-            raise FluxReduxJobFailedError(event["message"], error_type=event.get("error_type"))
-        if status != "success":
-            raise FluxReduxError(event.get("message") or f"wait ended with {status}", request_id=handle.request_id)
+        if event["status"] != "success":
+            # The trigger's error, raised again as the same class with the same fields.
+            raise error_from_dict(event.get("error") or {"message": event.get("message"), "fields": {}})
         payload = event.get("result")
         result = ReduxResult.model_validate(payload) if payload else self.hook.result(handle)
         return self._finish(context, handle, result, metrics=event.get("metrics") or {})
@@ -388,9 +430,16 @@ def _lineage_dataset(location: str | None) -> Any:
     return Dataset(namespace=namespace, name=parts.path)
 
 
-def _handle(data: Any) -> QueueHandle:
-    """The queue handle inside a stored external id or a trigger event (whose ``status`` is the event's)."""
-    return QueueHandle.model_validate({key: data.get(key) for key in _HANDLE_FIELDS})
+def _not_before() -> float | None:
+    """When the trigger may fire at the earliest: ``[flux_redux] defer_event_hold`` seconds from now (0: at once)."""
+    hold = conf.getfloat("flux_redux", "defer_event_hold", fallback=DEFER_EVENT_HOLD)
+    return time.time() + hold if hold > 0 else None
+
+
+def _stored(external_id: Any) -> tuple[QueueHandle, float]:
+    """The handle and the absolute deadline the state store keeps (what ``submit_job`` returned)."""
+    data = external_id if isinstance(external_id, dict) else {}
+    return QueueHandle.from_dict(data.get("handle")), float(data["deadline"])
 
 
 def _data_uri(path: Any, max_bytes: int) -> str:

@@ -12,13 +12,17 @@ from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferr
 
 from airflow_flux_redux.emulator.images import sample_image
 from airflow_flux_redux.exceptions import (
+    FluxReduxCancelledError,
     FluxReduxError,
     FluxReduxJobFailedError,
+    FluxReduxResultExpiredError,
     FluxReduxTimeoutError,
     InvalidRequestError,
 )
 from airflow_flux_redux.hooks.flux_redux import FluxReduxHook
+from airflow_flux_redux.models import QueueHandle
 from airflow_flux_redux.operators.flux_redux import FluxReduxOperator
+from airflow_flux_redux.triggers.flux_redux import event_payload
 from airflow_flux_redux.version_compat import HAS_TASK_STATE_STORE
 from tests.conftest import API_KEY
 
@@ -95,10 +99,10 @@ def test_sync_mode_images_arrive_inline_and_are_saved(flux_conn, image_uri, tmp_
 def test_deferrable_submits_then_defers_with_no_secret(flux_conn, image_uri) -> None:
     ctx = context()
     with pytest.raises(TaskDeferred) as info:
-        operator(image_url=image_uri, deferrable=True, timeout=120).execute(ctx)
+        operator(image_url=image_uri, deferrable=True, defer_after=0, timeout=120).execute(ctx)
     trigger = info.value.trigger
     _, kwargs = trigger.serialize()
-    assert kwargs["request_id"] == ctx["ti"].xcom["request_id"]
+    assert kwargs["handle"]["request_id"] == ctx["ti"].xcom["request_id"]
     assert API_KEY not in json.dumps(kwargs)
     assert 110 < kwargs["deadline"] - time.time() <= 120
     assert info.value.method_name == "execute_complete" and info.value.timeout is None
@@ -109,12 +113,12 @@ def test_retry_reconnects_to_the_stored_request(flux_conn, image_uri) -> None:
     flux_conn.configure(queue_seconds=2)
     store = StateStore()
     with pytest.raises(TaskDeferred) as first:
-        operator(image_url=image_uri, deferrable=True).execute(context(store))
+        operator(image_url=image_uri, deferrable=True, defer_after=0).execute(context(store))
     deadline = first.value.trigger.serialize()[1]["deadline"]
     with pytest.raises(TaskDeferred) as retry:
-        operator(image_url=image_uri, deferrable=True).execute(context(store))
+        operator(image_url=image_uri, deferrable=True, defer_after=0).execute(context(store))
     again = retry.value.trigger.serialize()[1]
-    assert again["request_id"] == first.value.trigger.request_id
+    assert again["handle"] == first.value.trigger.handle.to_dict()
     assert again["deadline"] == deadline
     assert flux_conn.stats()["submissions"] == 1
 
@@ -123,7 +127,7 @@ def test_retry_reconnects_to_the_stored_request(flux_conn, image_uri) -> None:
 def test_retry_submits_anew_and_says_why_without_a_state_store(flux_conn, image_uri, logs) -> None:
     for _ in range(2):
         with pytest.raises(TaskDeferred):
-            operator(image_url=image_uri, deferrable=True).execute({"ti": TaskInstance()})
+            operator(image_url=image_uri, deferrable=True, defer_after=0).execute({"ti": TaskInstance()})
     assert flux_conn.stats()["submissions"] == 2
     assert "has no task_state_store (Airflow 3.3+)" in logs()
 
@@ -132,30 +136,45 @@ def test_retry_submits_anew_and_says_why_without_a_state_store(flux_conn, image_
 def test_retry_after_success_returns_the_result_without_paying_again(flux_conn, image_uri) -> None:
     store = StateStore()
     with pytest.raises(TaskDeferred) as first:
-        operator(image_url=image_uri, deferrable=True).execute(context(store))
+        operator(image_url=image_uri, deferrable=True, defer_after=0).execute(context(store))
     FluxReduxHook().wait(first.value.trigger.handle, poll_interval=0.05)
-    result = operator(image_url=image_uri, deferrable=True).execute(context(store))
-    assert result["request_id"] == first.value.trigger.request_id
+    result = operator(image_url=image_uri, deferrable=True, defer_after=0).execute(context(store))
+    assert result["request_id"] == first.value.trigger.handle.request_id
     assert flux_conn.stats()["submissions"] == 1
     assert store.data == {}  # forgotten: a later clear-and-rerun submits anew
 
 
 def test_resume_from_event(flux_conn, image_uri, tmp_path) -> None:
     with pytest.raises(TaskDeferred) as info:
-        operator(image_url=image_uri, deferrable=True).execute(context())
+        operator(image_url=image_uri, deferrable=True, defer_after=0).execute(context())
     trigger = info.value.trigger
     FluxReduxHook().wait(trigger.handle, poll_interval=0.05)
     op = operator(image_url=image_uri, output_path=str(tmp_path))
-    handle_fields = trigger.handle.model_dump(exclude={"status", "queue_position"})
-    event = {"status": "success", "message": "", "metrics": {"inference_time": 0.1}, "result": None, **handle_fields}
+    event = event_payload(trigger.handle, metrics={"inference_time": 0.1})
     result = op.execute_complete(context(), event)
     assert result["metrics"] == {"inference_time": 0.1} and Path(result["images"][0]["path"]).exists()
-    with pytest.raises(FluxReduxTimeoutError, match="deadline"):
-        op.execute_complete(context(), {**event, "status": "timeout", "message": "passed the deadline"})
-    with pytest.raises(FluxReduxJobFailedError, match="nsfw"):
-        op.execute_complete(context(), {**event, "status": "failed", "message": "nsfw", "error_type": "x"})
     with pytest.raises(FluxReduxError, match="does not understand"):
         op.execute_complete(context(), {"unexpected": True})
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        FluxReduxTimeoutError("passed the deadline", request_id="r-1"),
+        FluxReduxJobFailedError("nsfw", error_type="content_policy_violation", request_id="r-1"),
+        FluxReduxCancelledError("cancelled", error_type="client_cancelled", request_id="r-1"),
+        FluxReduxResultExpiredError("gone", status_code=404, error_type=None, request_id="r-1"),
+    ],
+)
+def test_resume_raises_the_triggers_error_as_the_same_class_with_its_fields(error) -> None:
+    """The event is stored as JSON: the error must come back as what it was, not as a string or another class."""
+    handle = QueueHandle(request_id="r-1", status_url="http://h/s", response_url="http://h/r", cancel_url="http://h/c")
+    event = json.loads(json.dumps(event_payload(handle, error=error)))
+    with pytest.raises(type(error)) as raised:
+        operator(image_url="https://example.com/a.png").execute_complete(context(), event)
+    assert type(raised.value) is type(error) and str(raised.value) == str(error)
+    assert raised.value.request_id == "r-1"
+    assert getattr(raised.value, "error_type", None) == getattr(error, "error_type", None)
 
 
 def test_invalid_field_fails_before_submit(flux_conn, image_uri) -> None:
@@ -187,7 +206,7 @@ def test_worker_timeout_cancels_the_remote_job(flux_conn, image_uri) -> None:
 
 def test_on_kill_in_the_worker_cancels(flux_conn, image_uri) -> None:
     flux_conn.configure(queue_seconds=30)
-    op = operator(image_url=image_uri)
+    op = operator(image_url=image_uri, defer_after=0)
     with pytest.raises(TaskDeferred):
         op.execute(context())
     op.on_kill()
@@ -217,3 +236,48 @@ def test_inline_images_are_capped_like_downloads(flux_conn, image_uri, tmp_path)
     with pytest.raises(FluxReduxProtocolError, match="max_image_bytes"):
         op.execute(context())
     assert not list(tmp_path.iterdir())
+
+
+def test_a_real_speed_job_finishes_in_the_worker_without_deferring(flux_conn, image_uri, tmp_path) -> None:
+    """Defaults (deferrable): a 1-2 s job completes inside defer_after, so the task never meets the triggerer."""
+    flux_conn.configure(queue_seconds=0.2, run_seconds=1.3)
+    ctx = context()
+    result = operator(image_url=image_uri, poll_interval=1.0, output_path=str(tmp_path)).execute(ctx)
+    assert Path(result["images"][0]["path"]).exists()
+    assert flux_conn.stats()["submissions"] == 1
+    assert ctx["task_state_store"].data == {}
+
+
+def test_a_job_longer_than_the_window_defers_with_its_event_held(flux_conn, image_uri) -> None:
+    flux_conn.configure(queue_seconds=5)
+    started = time.time()
+    with pytest.raises(TaskDeferred) as info:
+        operator(image_url=image_uri, defer_after=0.5).execute(context())
+    assert 0.5 <= time.time() - started < 3
+    kwargs = info.value.trigger.serialize()[1]
+    assert kwargs["not_before"] == pytest.approx(time.time() + 10.0, abs=3)
+
+
+def test_the_event_hold_follows_airflows_config(flux_conn, image_uri, monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW__FLUX_REDUX__DEFER_EVENT_HOLD", "0")
+    flux_conn.configure(queue_seconds=5)
+    with pytest.raises(TaskDeferred) as info:
+        operator(image_url=image_uri, defer_after=0).execute(context())
+    assert info.value.trigger.serialize()[1]["not_before"] is None
+
+
+def test_the_worker_wait_is_the_triggers_wait_with_the_stream(flux_conn, image_uri) -> None:
+    """Where the stream is served the in-worker wait uses it (no polling), like the trigger."""
+    operator(image_url=image_uri, deferrable=False).execute(context())
+    routes = flux_conn.stats()["requests_by_route"]
+    assert routes.get("stream", 0) == 1 and routes.get("status", 0) == 0
+
+
+def test_the_input_image_is_read_once_per_try(flux_conn, input_file, monkeypatch) -> None:
+    from airflow_flux_redux.operators import flux_redux
+
+    reads = []
+    original = flux_redux._data_uri
+    monkeypatch.setattr(flux_redux, "_data_uri", lambda *a: reads.append(a) or original(*a))
+    operator(image_url=str(input_file), deferrable=False).execute(context())
+    assert len(reads) == 1

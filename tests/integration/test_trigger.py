@@ -24,10 +24,7 @@ async def _close_clients():
 def make_trigger(image_uri: str, *, deadline_in: float = 30, **kwargs) -> FluxReduxTrigger:
     handle = FluxReduxHook().submit({"image_url": image_uri})
     return FluxReduxTrigger(
-        request_id=handle.request_id,
-        status_url=handle.status_url,
-        response_url=handle.response_url,
-        cancel_url=handle.cancel_url,
+        handle=handle.to_dict(),
         deadline=time.time() + deadline_in,
         poll_interval=0.05,
         **kwargs,
@@ -42,7 +39,7 @@ async def test_success_event_carries_everything_the_resume_needs(flux_conn, imag
     trigger = make_trigger(image_uri)
     (event,) = await events(trigger)
     assert event["status"] == "success"
-    assert event["request_id"] == trigger.request_id and event["response_url"] == trigger.response_url
+    assert event["handle"] == trigger.handle.to_dict() and event["error"] is None
     assert len(event["result"]["images"]) == 1 and "inference_time" in event["metrics"]
     text = logs()
     assert "queue position" in text and "fal: " in text and API_KEY not in text
@@ -67,7 +64,7 @@ async def test_restarted_trigger_resumes_the_same_request(flux_conn, image_uri) 
     first.cancel()
     _, kwargs = trigger.serialize()
     (event,) = await events(FluxReduxTrigger(**kwargs))
-    assert event["status"] == "success" and event["request_id"] == trigger.request_id
+    assert event["status"] == "success" and event["handle"]["request_id"] == trigger.handle.request_id
     assert flux_conn.stats()["submissions"] == 1
 
 
@@ -76,7 +73,7 @@ async def test_deadline_cancels_the_remote_job(flux_conn, image_uri) -> None:
     trigger = make_trigger(image_uri, deadline_in=0.3)
     (event,) = await events(trigger)
     assert event["status"] == "timeout" and "deadline" in event["message"]
-    assert flux_conn.stats()["requests"][trigger.request_id]["cancelled"]
+    assert flux_conn.stats()["requests"][trigger.handle.request_id]["cancelled"]
 
 
 async def test_deadline_already_passed_after_restart_is_kept(flux_conn, image_uri) -> None:
@@ -89,7 +86,8 @@ async def test_deadline_already_passed_after_restart_is_kept(flux_conn, image_ur
 async def test_failed_job_is_a_failed_event_with_fal_error_type(flux_conn, image_uri) -> None:
     flux_conn.set_faults([{"route": "submit", "kind": "fail_job"}])
     (event,) = await events(make_trigger(image_uri))
-    assert event["status"] == "failed" and event["error_type"] == "content_policy_violation"
+    assert event["status"] == "failed" and event["error"]["class"] == "FluxReduxJobFailedError"
+    assert event["error"]["fields"]["error_type"] == "content_policy_violation"
 
 
 async def test_transient_errors_are_tolerated(flux_conn, image_uri) -> None:
@@ -105,7 +103,7 @@ async def test_too_many_errors_end_in_one_error_event(flux_conn, image_uri) -> N
 
 
 def trigger_id_in(event: dict) -> bool:
-    return event["request_id"] in event["message"]
+    return event["handle"]["request_id"] in event["message"]
 
 
 @pytest.mark.parametrize("mode", ["stream", "auto"])
@@ -127,7 +125,7 @@ async def test_on_kill_cancels_when_the_task_left_deferred(flux_conn, image_uri,
     flux_conn.configure(queue_seconds=10)
     trigger = make_trigger(image_uri)
     await trigger.on_kill()
-    assert flux_conn.stats()["requests"][trigger.request_id]["cancelled"]
+    assert flux_conn.stats()["requests"][trigger.handle.request_id]["cancelled"]
 
 
 @pytest.mark.parametrize(("state", "cancelled"), [("deferred", False), ("failed", True), (None, True)])
@@ -145,7 +143,7 @@ async def test_on_kill_checks_the_real_task_state(flux_conn, image_uri, monkeypa
             task_runner.RuntimeTaskInstance, "get_task_states", staticmethod(lambda **kw: {"r": {"t": state}})
         )
     await trigger.on_kill()
-    assert flux_conn.stats()["requests"][trigger.request_id]["cancelled"] is cancelled
+    assert flux_conn.stats()["requests"][trigger.handle.request_id]["cancelled"] is cancelled
 
 
 @pytest.mark.parametrize("fault", [{"kind": "status", "code": 503}, {"kind": "status", "code": 429}, {"kind": "reset"}])
@@ -166,7 +164,7 @@ async def test_result_unreachable_from_the_triggerer_leaves_it_to_the_worker(flu
 def _handle(event: dict):
     from airflow_flux_redux.models import QueueHandle
 
-    return QueueHandle(**{k: event[k] for k in ("request_id", "status_url", "response_url", "cancel_url")})
+    return QueueHandle.from_dict(event["handle"])
 
 
 async def test_gateway_error_body_of_any_shape_ends_in_one_event(flux_conn, image_uri) -> None:
@@ -181,7 +179,7 @@ async def test_job_done_as_the_deadline_passes_is_a_success(flux_conn, image_uri
     FluxReduxHook().wait(trigger.handle, poll_interval=0.05)
     (event,) = await events(trigger)
     assert event["status"] == "success" and event["result"]["images"]
-    assert not flux_conn.stats()["requests"][trigger.request_id]["cancelled"]
+    assert not flux_conn.stats()["requests"][trigger.handle.request_id]["cancelled"]
 
 
 async def test_auto_falls_back_when_a_gateway_refuses_the_stream_with_400(flux_conn, image_uri) -> None:
@@ -207,3 +205,27 @@ async def test_a_cancelled_settings_load_does_not_cancel_the_others(flux_conn, m
     first.cancel()
     settings = await second
     assert settings.base_url == flux_conn.url
+
+
+async def test_an_early_event_is_held_until_not_before(flux_conn, image_uri) -> None:
+    """apache/airflow#72716: an event soon after the deferral waits until the deferring worker has reported."""
+    trigger = make_trigger(image_uri, not_before=time.time() + 1.0)
+    (event,) = await events(trigger)
+    assert time.time() >= trigger.not_before and event["status"] == "success"
+
+
+async def test_auto_learns_once_per_origin_that_the_stream_is_not_served(flux_conn, image_uri) -> None:
+    flux_conn.set_faults([{"route": "stream", "kind": "status", "code": 404, "times": -1}])
+    for _ in range(3):
+        (event,) = await events(make_trigger(image_uri, wait_mode="auto"))
+        assert event["status"] == "success"
+    assert flux_conn.stats()["requests_by_route"]["stream"] == 1
+
+
+def test_the_sync_wait_treats_a_job_done_at_the_deadline_as_done_too(flux_conn, image_uri) -> None:
+    """One policy: the sync twin, like the trigger, returns a result that completed as the deadline passed."""
+    hook = FluxReduxHook()
+    handle = hook.submit({"image_url": image_uri})
+    hook.wait(handle, poll_interval=0.05)
+    result = hook.wait(handle, poll_interval=0.05, deadline=time.time() - 1)
+    assert result.images and not flux_conn.stats()["requests"][handle.request_id]["cancelled"]

@@ -1,0 +1,112 @@
+"""The status stream (``{status_url}/stream``, Server-Sent Events): opening it and reading its statuses."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import httpx
+from pydantic import ValidationError
+
+from airflow_flux_redux.exceptions import FluxReduxProtocolError
+from airflow_flux_redux.hooks._answers import raise_for_status
+from airflow_flux_redux.hooks._transport import (
+    _HTTPCORE_ERRORS,
+    ASYNC_CLIENTS,
+    MAX_HTTP1_STREAMS,
+    _CoreStream,
+    _H2Body,
+    _httpx_error,
+)
+from airflow_flux_redux.models import QueueState, QueueStatus
+from airflow_flux_redux.wait import StreamUnsupportedError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from airflow_flux_redux.hooks._settings import FluxReduxSettings
+
+
+def stream_url(status_url: str) -> str:
+    return f"{status_url.split('?')[0].rstrip('/')}/stream"
+
+
+def _not_served(response: httpx.Response) -> bool:
+    """A gateway without the stream answers some 4xx or 501; 401, 403, 408 and 429 mean what they say."""
+    code = response.status_code
+    if (400 <= code < 500 and code not in (401, 403, 408, 429)) or code == 501:
+        return True
+    return code < 300 and "text/event-stream" not in response.headers.get("content-type", "")
+
+
+async def read_statuses(response: httpx.Response, request_id: str) -> AsyncIterator[QueueStatus]:
+    """The statuses a stream answer carries, ending after COMPLETED."""
+    from httpx_sse import EventSource
+
+    if _not_served(response):
+        raise StreamUnsupportedError(f"HTTP {response.status_code}", request_id=request_id)
+    if response.status_code >= 300:
+        await response.aread()
+        raise_for_status(response, "status stream", request_id)
+    async for event in EventSource(response).aiter_sse():
+        if not event.data:
+            continue
+        try:
+            status = QueueStatus.model_validate_json(event.data)
+        except ValidationError as err:
+            raise FluxReduxProtocolError(
+                f"status stream sent an event that is not a queue status: {err.errors()[0]['msg']}",
+                request_id=request_id,
+            ) from None
+        yield status
+        if status.status is QueueState.COMPLETED:
+            return
+
+
+@contextlib.asynccontextmanager
+async def open_stream(
+    settings: FluxReduxSettings, url: str, fallback_when_busy: bool = False
+) -> AsyncIterator[httpx.Response]:
+    """The stream's response, on a connection of its own to our origin (else through the client).
+
+    A stream holds its HTTP/1.1 connection for the whole wait: through the client's pool, the streams past
+    its connection limit would queue behind the others for the length of a job.
+    """
+    read_timeout = max(60.0, settings.timeout)
+    if not settings.same_origin(url):
+        client, _ = ASYNC_CLIENTS.get(settings)
+        timeout = httpx.Timeout(settings.timeout, read=read_timeout)
+        async with client.stream("GET", url, headers={"Accept": "text/event-stream"}, timeout=timeout) as response:
+            yield response
+        return
+    lane = ASYNC_CLIENTS.entry(settings).lane
+    if lane.http2:
+        h2_conn, h2_stream = await lane.h2_request(url)
+        try:
+            yield httpx.Response(
+                h2_stream.status, headers=h2_stream.headers, stream=_H2Body(h2_stream.body(read_timeout))
+            )
+        finally:
+            h2_conn.cancel(h2_stream)
+        return
+    if fallback_when_busy and lane.http1_streams >= MAX_HTTP1_STREAMS:
+        raise StreamUnsupportedError(
+            f"all {MAX_HTTP1_STREAMS} HTTP/1.1 stream connections are in use (set the connection extra "
+            '"http2": true to multiplex streams)',
+            busy=True,
+        )
+    conn = lane.connection(http2=False)
+    request = lane.request(url, read_timeout=read_timeout)
+    lane.http1_streams += 1
+    try:
+        try:
+            core = await conn.handle_async_request(request)
+        except _HTTPCORE_ERRORS as err:
+            raise _httpx_error(err) from None
+        try:
+            yield httpx.Response(core.status, headers=core.headers, stream=_CoreStream(core))
+        finally:
+            await core.aclose()
+    finally:
+        lane.http1_streams -= 1
+        await conn.aclose()
