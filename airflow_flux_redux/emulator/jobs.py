@@ -52,6 +52,7 @@ def request_error(code: int, error_type: str, message: str, headers: Headers | N
     return Failure(message, error_type, code, body, [(b"x-fal-error-type", error_type.encode()), *(headers or [])])
 
 
+NOT_FOUND = dumps({"detail": "Request not found"})
 CANCELLED = request_error(499, "client_cancelled", "Request cancelled")
 START_TIMEOUT = request_error(
     504, "request_timeout", "The request did not start within X-Fal-Request-Timeout",
