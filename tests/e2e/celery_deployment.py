@@ -81,21 +81,19 @@ class CeleryDeployment(Deployment):
     :param triggerers: How many triggerers to start.
     :param task_heartbeat_timeout: Seconds without a task heartbeat before the scheduler fails the try
         (``[scheduler] task_instance_heartbeat_timeout``, 300 by default): how soon a dead worker's tasks retry.
-    The other parameters are those of ``Deployment``.
+    The other (keyword) parameters are those of ``Deployment``.
     """
 
     def __init__(
         self,
         workdir: Path,
         *,
-        dag_files: Iterable[Path],
-        env: dict[str, str],
-        dag_ids: Iterable[str],
         redis_db: int,
         workers: Iterable[str] = ("worker-a", "worker-b"),
         concurrency: int = 6,
         triggerers: int = 2,
         task_heartbeat_timeout: int = 20,
+        **deployment: Any,
     ) -> None:
         self.redis_db = redis_db
         self.worker_names = list(workers)
@@ -104,7 +102,7 @@ class CeleryDeployment(Deployment):
         self.task_heartbeat_timeout = task_heartbeat_timeout
         self.workers: list[Worker] = []
         self._components: dict[str, subprocess.Popen[bytes]] = {}  # the single ones (api-server, ...) by name
-        super().__init__(workdir, dag_files=dag_files, env=env, dag_ids=dag_ids)
+        super().__init__(workdir, **deployment)
 
     def _environment(self, extra: dict[str, str], job_heartbeat_sec: int) -> dict[str, str]:
         env = super()._environment(extra, job_heartbeat_sec)

@@ -18,17 +18,17 @@ import os
 import statistics
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.conftest import API_KEY, connection_json
 from tests.e2e.celery_deployment import CeleryDeployment
-from tests.e2e.standalone import E2E_DAGS, DeploymentError, check_images, first_time, log_events, wait_for
+from tests.e2e.standalone import E2E_DAGS, ROOT, DeploymentError, check_images, first_time, log_events, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from airflow_flux_redux.emulator import EmulatorServer
 
@@ -37,16 +37,19 @@ DAG_ID, TASK_ID = "e2e_flux_redux_celery", "vary_spread"
 TASKS = 40
 SHORT_SEEDS = list(range(TASKS // 2))  # 0.2 s queued + 1.3 s running: done before the operator would defer
 LONG_SEEDS = list(range(1000, 1000 + TASKS // 2))  # 2 s queued + 25..34.5 s running: deferred to a triggerer
-TIMINGS = [
+TIMINGS: list[dict[str, Any] | str] = [
     {"seeds": [SHORT_SEEDS[0], SHORT_SEEDS[-1]], "queue_seconds": 0.2, "run_seconds": 1.3, "run_step": 0.0},
     {"seeds": [LONG_SEEDS[0], LONG_SEEDS[-1]], "queue_seconds": 2.0, "run_seconds": 25.0, "run_step": 0.5},
 ]
 SLOTS_PER_WORKER = 6
+ARTIFACTS = Path(os.environ.get("FLUX_REDUX_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 REDIS_DB = int(os.environ.get("FLUX_REDUX_E2E_REDIS_DB", "11"))  # the broker's database, flushed by the test
 
 
 @pytest.fixture(scope="module")
-def celery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CeleryDeployment, EmulatorServer, Path]]:
+def celery(
+    tmp_path_factory: pytest.TempPathFactory, no_shared_deployment: None
+) -> Iterator[tuple[CeleryDeployment, EmulatorServer]]:
     from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer
     from airflow_flux_redux.emulator.images import sample_image
 
@@ -77,7 +80,7 @@ def celery(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CeleryDep
     )
     try:
         deployment.start()
-        yield deployment, emulator, root
+        yield deployment, emulator
     finally:
         try:
             deployment.stop()
@@ -90,9 +93,9 @@ def _epoch(value: str | None) -> float | None:
 
 
 def test_celery_workers_one_killed_every_task_succeeds_once(
-    celery: tuple[CeleryDeployment, EmulatorServer, Path],
+    celery: tuple[CeleryDeployment, EmulatorServer],
 ) -> None:
-    d, emulator, root = celery
+    d, emulator = celery
     started = time.monotonic()
     run_id = d.trigger(DAG_ID)
 
@@ -136,53 +139,79 @@ def test_celery_workers_one_killed_every_task_succeeds_once(
     wall = time.monotonic() - started
 
     tis = sorted(mapped(), key=lambda t: t["map_index"])
-    assert len(tis) == TASKS and all(t["state"] == "success" for t in tis), [(t["map_index"], t["state"]) for t in tis]
     stats = emulator.stats()
+    rows = [_figures(d, run_id, t) for t in tis]
+    _report(rows, wall, killed_at, victim_name, lost, d.startup_seconds, stats["submissions"])
+
+    assert len(tis) == TASKS and all(t["state"] == "success" for t in tis), [(t["map_index"], t["state"]) for t in tis]
     assert stats["submissions"] == TASKS, f"{stats['submissions']} submissions for {TASKS} tasks"
+    request_ids = {row["request_id"] for row in rows}
+    assert len(request_ids) == TASKS, "two tasks returned the same request"
+    assert request_ids <= set(stats["requests"]), request_ids - set(stats["requests"])
+    for t in tis:
+        check_images(d.xcom(DAG_ID, run_id, TASK_ID, map_index=t["map_index"]), count=1)
 
     survivor = next(w.name for w in d.workers if w is not victim)
-    rows, request_ids = [], set()
-    for t in tis:
-        result = d.xcom(DAG_ID, run_id, TASK_ID, map_index=t["map_index"])
-        request_ids.add(result["request_id"])
-        assert result["request_id"] in stats["requests"], result
-        check_images(result, count=1)
-        tries = d.tries(DAG_ID, run_id, TASK_ID, t["map_index"])
-        logs = [log_events(d.task_log(DAG_ID, run_id, TASK_ID, n["try_number"], t["map_index"])) for n in tries]
-        submitted = next((s for entries in logs if (s := first_time(entries, "Submitted fal request"))), None)
-        end = _epoch(t["end_date"])
-        rows.append(
-            {
-                "map_index": t["map_index"],
-                "seed": result["seed"],
-                "job": "long" if result["seed"] in LONG_SEEDS else "short",
-                "tries": t["try_number"],
-                "workers": [n["hostname"] for n in tries],
-                "deferred": any(first_time(entries, "Pausing task as DEFERRED") for entries in logs),
-                "submit_to_end_s": None if submitted is None or end is None else round(end - submitted, 2),
-            }
-        )
-    assert len(request_ids) == TASKS, "two tasks returned the same request"
-
     by_index = {row["map_index"]: row for row in rows}
     for index in lost:
         row = by_index[index]
         # The lost try failed on the heartbeat timeout; a later try on the surviving worker finished it.
         assert row["tries"] >= 2 and row["workers"][0] == victim_name, row
         assert row["workers"][-1] == survivor, row
-    long_rows = [r for r in rows if r["job"] == "long"]
-    assert all(r["deferred"] for r in long_rows), [r for r in long_rows if not r["deferred"]]
+    # Short jobs end inside the operator's in-worker window (defer_after); long ones outlast it and defer.
+    wrong = [r for r in rows if r["deferred"] != (r["job"] == "long")]
+    assert not wrong, wrong
 
-    print(f"\nCeleryExecutor run: {TASKS} tasks, 2 workers x {SLOTS_PER_WORKER} slots, 2 triggerers")
-    print(f"wall {wall:.1f} s from trigger to run success (deployment startup {d.startup_seconds:.1f} s)")
-    for row in rows:
-        print(json.dumps(row))
+
+def _figures(d: CeleryDeployment, run_id: str, ti: dict[str, Any]) -> dict[str, Any]:
+    """One task's figures: its job, tries and the worker of each, whether it deferred, submit to end."""
+    result = d.xcom(DAG_ID, run_id, TASK_ID, map_index=ti["map_index"]) or {}
+    tries = d.tries(DAG_ID, run_id, TASK_ID, ti["map_index"])
+    logs = [log_events(d.task_log(DAG_ID, run_id, TASK_ID, n["try_number"], ti["map_index"])) for n in tries]
+    submitted = next((s for entries in logs if (s := first_time(entries, "Submitted fal request"))), None)
+    end = _epoch(ti["end_date"])
+    return {
+        "map_index": ti["map_index"],
+        "request_id": result.get("request_id"),
+        "job": "long" if result.get("seed") in LONG_SEEDS else "short",
+        "tries": ti["try_number"],
+        "workers": [n["hostname"] for n in tries],
+        "deferred": any(first_time(entries, "Pausing task as DEFERRED") for entries in logs),
+        "submit_to_end_s": None if submitted is None or end is None else round(end - submitted, 2),
+    }
+
+
+def _report(
+    rows: list[dict[str, Any]],
+    wall: float,
+    killed_at: float,
+    victim: str,
+    lost: list[int],
+    startup: float,
+    submissions: int,
+) -> None:
+    """Print the run's figures and write them to test-artifacts/celery-e2e.json (kept by CI)."""
+    summary: dict[str, Any] = {
+        "tasks": TASKS,
+        "workers": f"2 x {SLOTS_PER_WORKER} slots",
+        "triggerers": 2,
+        "startup_s": round(startup, 1),
+        "wall_s": round(wall, 1),
+        "killed": {"worker": victim, "at_s": round(killed_at, 1), "running_tasks": lost},
+        "retried": [r["map_index"] for r in rows if r["tries"] > 1],
+        "submissions": submissions,
+    }
     for kind in ("short", "long"):
         spans = [r["submit_to_end_s"] for r in rows if r["job"] == kind and r["submit_to_end_s"] is not None]
-        deferred = sum(r["deferred"] for r in rows if r["job"] == kind)
-        print(
-            f"{kind} jobs: submit->end median {statistics.median(spans):.1f} s, max {max(spans):.1f} s; "
-            f"deferred {deferred}/{TASKS // 2}"
-        )
-    retried = [r["map_index"] for r in rows if r["tries"] > 1]
-    print(f"retried: {retried}; emulator submissions {stats['submissions']}; images under {root / 'out'}")
+        summary[kind] = {
+            "deferred": sum(r["deferred"] for r in rows if r["job"] == kind),
+            "submit_to_end_median_s": round(statistics.median(spans), 1) if spans else None,
+            "submit_to_end_max_s": max(spans, default=None),
+        }
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / "celery-e2e.json"
+    path.write_text(json.dumps({"summary": summary, "tasks": rows}, indent=2))
+    print("\nCeleryExecutor run, per task:")
+    for row in rows:
+        print(json.dumps({k: v for k, v in row.items() if k != "request_id"}))
+    print(f"summary: {json.dumps(summary)}\n(written to {path})")
