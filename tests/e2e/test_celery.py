@@ -158,8 +158,9 @@ def test_celery_workers_one_killed_every_task_succeeds_once(
         # The lost try failed on the heartbeat timeout; a later try on the surviving worker finished it.
         assert row["tries"] >= 2 and row["workers"][0] == victim_name, row
         assert row["workers"][-1] == survivor, row
-    # Short jobs end inside the operator's in-worker window (defer_after); long ones outlast it and defer.
-    wrong = [r for r in rows if r["deferred"] != (r["job"] == "long")]
+    # Short jobs end inside the operator's in-worker window (defer_after); long ones outlast it and defer. (The
+    # retry of a lost long job may find it done or nearly so, and finish it in the worker.)
+    wrong = [r for r in rows if r["map_index"] not in lost and r["deferred"] != (r["job"] == "long")]
     assert not wrong, wrong
 
 
