@@ -30,6 +30,7 @@ _LIVE_HELP = {
     "run_seconds": "time a job runs IN_PROGRESS",
     "log_lines": "progress log lines during a run",
     "result_ttl": "seconds a result stays fetchable",
+    "short_result_ttl": "seconds a result stays fetchable when sent with X-Fal-Store-IO: 0 and sync_mode",
     "keepalive_seconds": "SSE keep-alive period",
 }
 

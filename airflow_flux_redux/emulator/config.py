@@ -88,6 +88,7 @@ class EmulatorConfig:
     faults: list[dict[str, Any] | str] = field(default_factory=list)
     seed: int | None = None
     result_ttl: float = 3600.0
+    short_result_ttl: float = 360.0
     public_url: str | None = None
     keepalive_seconds: float = 15.0
     workers: int | None = None
@@ -104,6 +105,7 @@ class EmulatorConfig:
         "queue_seconds",
         "run_seconds",
         "result_ttl",
+        "short_result_ttl",
         "keepalive_seconds",
         "log_lines",
     )

@@ -28,7 +28,9 @@ ROUTES = ("submit", "status", "stream", "result", "cancel", "file")
 # and what it does. The CLI help prints this table.
 KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "status": ((), "answer HTTP `code` with fal's error body and X-Fal-Error-Type (`error_type`, `message`, "
-                   "`body`, `headers`); on submit before the job is taken unless after_accept=true"),
+                   "`body`, `headers`; `retry_header`: needs-retry sends X-Fal-Needs-Retry: 1 (the default for "
+                   "429), retryable sends X-Fal-Retryable: true, none neither); on submit before the job is "
+                   "taken unless after_accept=true"),
     "reset": ((), "start the answer, then drop the connection"),
     "delay": ((), "wait `seconds` (default 1), then answer normally"),
     "malformed": ((), "answer with a body that is not JSON"),
@@ -36,14 +38,24 @@ KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "unknown_status": (("status", "stream"), 'a status answer with the unknown state "PAUSED"'),
     "missing_fields": (("submit",), "a submit answer without status_url, response_url and cancel_url"),
     "fail_job": (("submit",), "the job fails: COMPLETED with error, result answers `code` (default 422)"),
+    "completed_error_result_ok": (("submit",), "the status says COMPLETED with error/error_type (`code`, "
+                                               "`error_type`, `message`) but the result answers 200 with images"),
     "expire_result": (("result",), "the result answers 404 result_expired"),
     "huge_file": (("file",), "an image download of `bytes` bytes (default 64 MiB), Content-Length declared"),
+    "huge_chunked_file": (("file",), "an image download of `bytes` bytes sent chunked, with no Content-Length"),
     "wrong_content_type": (("file",), "an image download that is an HTML page"),
 }  # fmt: skip
 ANYWHERE = frozenset(kind for kind, (routes, _) in KINDS.items() if not routes)
 STATUS_KINDS = ANYWHERE | {"unknown_status"}
 # On submit, these kinds answer after the job was taken (a client that retries creates a duplicate).
-_ACCEPTED_BY_DEFAULT = {"delay", "malformed", "missing_fields", "fail_job"}
+_ACCEPTED_BY_DEFAULT = {"delay", "malformed", "missing_fields", "fail_job", "completed_error_result_ok"}
+
+# The header a "status" fault says "retrying may help" with: fal's older name, its newer one, or none.
+_RETRY_HEADERS: dict[str, list[tuple[bytes, bytes]]] = {
+    "retryable": [(b"x-fal-retryable", b"true")],
+    "needs-retry": [(b"x-fal-needs-retry", b"1")],
+    "none": [],
+}
 
 # What fal answers for each code when a rule gives no body: (error_type, detail).
 DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
@@ -73,6 +85,7 @@ class FaultRule:
     location: str | None = None
     bytes: int = 64 * 1024 * 1024
     error_type: str | None = None
+    retry_header: str | None = None
     message: str | None = None
     seen: int = 0
     fired: int = 0
@@ -114,6 +127,8 @@ def parse_rule(spec: dict[str, Any] | str) -> FaultRule:
         raise ValueError("a redirect fault needs a 'location'")
     if kind == "status" and not data.get("code"):
         raise ValueError("a status fault needs a 'code', e.g. 503")
+    if data.get("retry_header") not in (None, *_RETRY_HEADERS):
+        raise ValueError(f"retry_header must be one of {', '.join(_RETRY_HEADERS)}, not {data['retry_header']!r}")
     known = set(FaultRule.__dataclass_fields__) - {"kind", "route", "seen", "fired"}
     unknown = set(data) - known
     if unknown:
@@ -182,8 +197,7 @@ async def _error_answer(call: Call, rule: FaultRule) -> None:
     error_type, detail = DEFAULT_ERRORS.get(code, ("http_error", f"HTTP {code}"))
     error_type = rule.error_type or error_type
     headers = [(b"x-fal-error-type", error_type.encode())]
-    if code == 429:
-        headers.append((b"x-fal-needs-retry", b"1"))
+    headers += _RETRY_HEADERS[rule.retry_header or ("needs-retry" if code == 429 else "none")]
     given = {name.lower().encode(): str(value).encode() for name, value in rule.headers.items()}
     headers = [(k, v) for k, v in headers if k not in given] + list(given.items())
     body = rule.body if rule.body is not None else {"detail": rule.message or detail, "error_type": error_type}

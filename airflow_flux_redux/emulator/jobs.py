@@ -71,18 +71,22 @@ class Job:
         "cancels",
         "expired",
         "failure",
+        "fal_options",
         "finish_at",
         "generation",
         "id",
         "image_hash",
         "images",
+        "lifetime",
         "log_lines",
         "planned_run",
         "prefix",
+        "reported_error",
         "request",
         "response_url",
         "result_fetches",
         "seed",
+        "short_lived",
         "start_at",
         "status_polls",
         "stream_opens",
@@ -107,10 +111,14 @@ class Job:
         self.log_lines = log_lines
         self.wall_offset = wall_offset  # wall clock = monotonic + wall_offset, for log timestamps
         self.failure: Failure | None = None
+        self.reported_error: Failure | None = None  # an error the status reports although the result is fine
         self.images: list[GeneratedImage] | None = None
         self.generation: asyncio.Future[None] | None = None
         self.wakeup: asyncio.Event | None = None  # set by a cancel, so open streams notice at once
         self.expired = False
+        self.lifetime: float | None = None  # seconds the result lives, when the submit asked for its own
+        self.short_lived = False  # X-Fal-Store-IO: 0 with sync_mode: kept only config.short_result_ttl
+        self.fal_options: dict[str, dict[str, str]] = {}
         self.cancels = self.status_polls = self.stream_opens = self.result_fetches = self.auth_failures = 0
         self.response_url = f"{base_url}/{prefix}/requests/{job_id}"
         self._head = dumps({"request_id": job_id, "response_url": self.response_url})[1:-1]
@@ -153,9 +161,9 @@ class Job:
         if body is None:
             ran = self.finish_at - self.start_at
             metrics = b'{"inference_time":%s}' % repr(round(ran, 3)).encode() if ran > 0 else b"{}"
-            error = b""
-            if self.failure is not None:
-                error = b',"error":%s,"error_type":%s' % (dumps(self.failure.error), dumps(self.failure.error_type))
+            error, failure = b"", self.failure or self.reported_error
+            if failure is not None:
+                error = b',"error":%s,"error_type":%s' % (dumps(failure.error), dumps(failure.error_type))
             shown = self._logs_at(now) if logs else b"null"
             body = b'{"status":"COMPLETED",%s,"logs":%s,"metrics":%s%s}' % (self._head, shown, metrics, error)
             self._completed_body[logs] = body
@@ -192,6 +200,8 @@ class Job:
             "authorized": self.auth_failures == 0,
             "image_url_sha256": self.image_hash,
             "error_type": self.failure.error_type if self.failure else None,
+            "fal_headers": self.fal_options.get("headers", {}),
+            "query": self.fal_options.get("query", {}),
         }
 
 

@@ -63,7 +63,13 @@ async def result(state: EmulatorState, call: Call, prefix: str, job_id: str) -> 
     elif job.failure is not None:
         await call.reply(job.failure.code, job.failure.body, job.failure.headers)
     else:
-        await call.reply(200, _body(job, state.base_url(call)))
+        await call.reply(200, _body(job, state.base_url(call)), [(b"x-fal-billable-units", _megapixels(job))])
+
+
+def _megapixels(job: Job) -> bytes:
+    """``X-Fal-Billable-Units``: megapixels generated, summed over the images, as a decimal string."""
+    pixels = sum(image.width * image.height for image in job.images or ())
+    return f"{pixels / 1e6:.6f}".rstrip("0").rstrip(".").encode()
 
 
 def _body(job: Job, base: str) -> bytes:

@@ -57,7 +57,10 @@ class EmulatorState:
         return job if job is not None and job.prefix == prefix else None
 
     def expired(self, job: Job, now: float) -> bool:
-        if not job.expired and now > job.finish_at + self.config.result_ttl:
+        ttl = self.config.result_ttl if job.lifetime is None else job.lifetime
+        if job.short_lived:
+            ttl = min(ttl, self.config.short_result_ttl)
+        if not job.expired and now > job.finish_at + ttl:
             job.expired, job.images = True, None
         return job.expired
 

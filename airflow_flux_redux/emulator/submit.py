@@ -12,13 +12,15 @@ from pydantic import ValidationError
 from airflow_flux_redux.emulator import faults
 from airflow_flux_redux.emulator.auth import gate
 from airflow_flux_redux.emulator.call import MAX_BODY
-from airflow_flux_redux.emulator.jobs import START_TIMEOUT, Failure, Job, model_error
+from airflow_flux_redux.emulator.jobs import START_TIMEOUT, Failure, Job, model_error, request_error
+from airflow_flux_redux.emulator.options import read_options
 from airflow_flux_redux.models import FluxReduxRequest, describe_validation_error
 
 if TYPE_CHECKING:
     from airflow_flux_redux.emulator.call import Call
     from airflow_flux_redux.emulator.state import EmulatorState
 
+_JOB_FAULTS = frozenset({"fail_job", "completed_error_result_ok"})
 # An image_url containing "emulator-fail=<name>" fails its job as the model would.
 _FAIL_MARKER = re.compile(r"emulator-fail=([a-z_]+)")
 _MARKED_FAILURES = {
@@ -76,19 +78,22 @@ async def submit(state: EmulatorState, call: Call) -> None:
     rule = state.faults.take("submit", faults.ANYWHERE | {"missing_fields"}) if state.faults.rules else None
     if rule is not None and not rule.after_accept and await faults.answer(call, "submit", rule):
         return
+    options = read_options(call)
+    if isinstance(options, Failure):
+        await call.reply(options.code, options.body, options.headers)
+        return
     request = await _parse(call)
     if request is None:
         return
-    limit = call.query.get("fal_max_queue_length")
-    queued = state.table.queue_length(time.monotonic())
-    if limit is not None and limit.isdigit() and queued > int(limit):
-        await call.json(
-            429,
-            {"detail": f"Queue length {queued} exceeds fal_max_queue_length={limit}", "error_type": "queue_full"},
-            [(b"x-fal-error-type", b"queue_full"), (b"x-fal-needs-retry", b"1")],
-        )
+    limit, queued = options.max_queue_length, state.table.queue_length(time.monotonic())
+    if limit is not None and queued >= limit:
+        message = f"{queued} requests are queued, fal_max_queue_length={limit}"
+        full = request_error(429, "queue_full", message, [(b"x-fal-needs-retry", b"1")])
+        await call.reply(full.code, full.body, full.headers)
         return
     job = _accept(state, call, "/".join(call.parts[:2]), request)
+    job.lifetime, job.fal_options = options.lifetime, options.seen
+    job.short_lived = not options.store_io and request.sync_mode
     if rule is not None and rule.after_accept and await faults.answer(call, "submit", rule):
         return
     answer = {
@@ -125,12 +130,16 @@ def _accept(state: EmulatorState, call: Call, prefix: str, request: FluxReduxReq
     if deadline is not None and start > now + deadline:
         job.start_at = job.finish_at = now + deadline
         failure = START_TIMEOUT
-    elif state.faults.rules and (fail_rule := state.faults.take("submit", {"fail_job"})):
-        failure = model_error(
-            fail_rule.code or 422,
-            fail_rule.error_type or "content_policy_violation",
-            fail_rule.message or "The input image was flagged by the safety checker",
+    elif state.faults.rules and (rule := state.faults.take("submit", _JOB_FAULTS)):
+        error = model_error(
+            rule.code or 422,
+            rule.error_type or "content_policy_violation",
+            rule.message or "The input image was flagged by the safety checker",
         )
+        if rule.kind == "fail_job":
+            failure = error
+        else:  # completed_error_result_ok: only the status says it failed
+            job.reported_error = error
     elif marker and marker.group(1) in _MARKED_FAILURES:
         failure = model_error(*_MARKED_FAILURES[marker.group(1)])
     job.failure = failure

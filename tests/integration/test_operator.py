@@ -24,41 +24,12 @@ from airflow_flux_redux.models import QueueHandle
 from airflow_flux_redux.operators.flux_redux import FluxReduxOperator
 from airflow_flux_redux.triggers.flux_redux import event_payload
 from airflow_flux_redux.version_compat import HAS_TASK_STATE_STORE
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, StateStore, TaskInstance, context
 
 needs_state_store = pytest.mark.skipif(
     not HAS_TASK_STATE_STORE,
     reason="task_state_store (reconnect on retry) arrived in Airflow 3.3; below it every try submits anew",
 )
-
-
-class TaskInstance:
-    def __init__(self) -> None:
-        self.xcom: dict[str, Any] = {}
-        self.stats_tags: dict[str, str] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcom[key] = value
-
-
-class StateStore:
-    """The two calls of ``task_state_store`` the operator relies on, kept in a dict."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def set(self, key: str, value: Any, **_: Any) -> None:
-        self.data[key] = value
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-
-def context(store: StateStore | None = None) -> dict[str, Any]:
-    return {"ti": TaskInstance(), "task_state_store": store if store is not None else StateStore()}
 
 
 def operator(**kwargs: Any) -> FluxReduxOperator:
