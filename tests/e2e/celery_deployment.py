@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import signal
 import subprocess
 import time
@@ -81,6 +82,9 @@ class CeleryDeployment(Deployment):
     :param triggerers: How many triggerers to start.
     :param task_heartbeat_timeout: Seconds without a task heartbeat before the scheduler fails the try
         (``[scheduler] task_instance_heartbeat_timeout``, 300 by default): how soon a dead worker's tasks retry.
+    :param task_queued_timeout: Seconds a task may stay queued before the scheduler requeues it
+        (``[scheduler] task_queued_timeout``, 600 by default): how soon a task whose message died with a
+        worker before it started runs again.
     The other (keyword) parameters are those of ``Deployment``.
     """
 
@@ -93,6 +97,7 @@ class CeleryDeployment(Deployment):
         concurrency: int = 6,
         triggerers: int = 2,
         task_heartbeat_timeout: int = 20,
+        task_queued_timeout: int = 60,
         **deployment: Any,
     ) -> None:
         self.redis_db = redis_db
@@ -100,6 +105,7 @@ class CeleryDeployment(Deployment):
         self.concurrency = concurrency
         self.triggerer_count = triggerers
         self.task_heartbeat_timeout = task_heartbeat_timeout
+        self.task_queued_timeout = task_queued_timeout
         self.workers: list[Worker] = []
         self._components: dict[str, subprocess.Popen[bytes]] = {}  # the single ones (api-server, ...) by name
         super().__init__(workdir, **deployment)
@@ -120,8 +126,9 @@ class CeleryDeployment(Deployment):
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(self.task_heartbeat_timeout),
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
                 # A message a dead worker had taken but not started waits for Redis' visibility timeout (6 h):
-                # the scheduler requeues a task queued this long instead.
-                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
+                # the scheduler requeues a task queued this long instead (600 s by default). Tests keep the
+                # queue short (a DAG's max_active_tasks at most the slots), so a live task is not requeued.
+                "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": str(self.task_queued_timeout),
             }
         )
         return env
@@ -218,3 +225,8 @@ class CeleryDeployment(Deployment):
         """Every try of a task instance (state, hostname, start and end), oldest first."""
         path = f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries"
         return sorted(self.api("GET", path)["task_instances"], key=lambda t: t["try_number"])
+
+    def requeued(self) -> list[int]:
+        """Map indexes the scheduler found stuck in queued and requeued (their message died with a worker)."""
+        text = self.logs["scheduler"].read_text(errors="replace")
+        return [int(m) for m in re.findall(r"Task stuck in queued; will try to requeue\..*? map_index=(-?\d+)", text)]

@@ -141,7 +141,7 @@ def test_celery_workers_one_killed_every_task_succeeds_once(
     tis = sorted(mapped(), key=lambda t: t["map_index"])
     stats = emulator.stats()
     rows = [_figures(d, run_id, t) for t in tis]
-    _report(rows, wall, killed_at, victim_name, lost, d.startup_seconds, stats["submissions"])
+    _report(rows, wall, killed_at, victim_name, lost, d.requeued(), d.startup_seconds, stats["submissions"])
 
     assert len(tis) == TASKS and all(t["state"] == "success" for t in tis), [(t["map_index"], t["state"]) for t in tis]
     assert stats["submissions"] == TASKS, f"{stats['submissions']} submissions for {TASKS} tasks"
@@ -188,6 +188,7 @@ def _report(
     killed_at: float,
     victim: str,
     lost: list[int],
+    requeued: list[int],
     startup: float,
     submissions: int,
 ) -> None:
@@ -200,6 +201,8 @@ def _report(
         "wall_s": round(wall, 1),
         "killed": {"worker": victim, "at_s": round(killed_at, 1), "running_tasks": lost},
         "retried": [r["map_index"] for r in rows if r["tries"] > 1],
+        # Taken by the killed worker but not started: back after [scheduler] task_queued_timeout.
+        "requeued": requeued,
         "submissions": submissions,
     }
     for kind in ("short", "long"):
