@@ -26,6 +26,7 @@ from airflow_flux_redux.exceptions import (
     FluxReduxError,
     FluxReduxProtocolError,
     FluxReduxRequestRejectedError,
+    FluxReduxResultExpiredError,
     FluxReduxSubmitUncertainError,
     error_from_dict,
 )
@@ -174,6 +175,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         self._request: FluxReduxRequest | None = None
         self._handle: QueueHandle | None = None
         self._result: ReduxResult | None = None
+        self._metrics: dict[str, Any] = {}
         self._lineage: tuple[list[str], list[str | None]] = ([], [])
 
     @cached_property
@@ -219,7 +221,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         if output is None and self._handle is not None and self._result is not None:
             # On reconnect, ResumableJobMixin (Airflow 3.3.2) returns poll_until_complete()'s None and never
             # calls get_job_result(): finish here, or the retry would save no image and return nothing.
-            return self._finish(context, self._handle, self._result, metrics={})
+            return self._finish(context, self._handle, self._result, metrics=self._metrics)
         return output
 
     def submit_job(self, context: Context) -> JsonValue:
@@ -229,6 +231,13 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             # A task retry would submit again and could pay twice: fail without retries, say what to check.
             raise AirflowFailException(str(err)) from err
         self.log.info("Submitted fal request %s (queue position %s)", handle.request_id, handle.queue_position)
+        self._remember(context, handle)
+        stored: dict[str, JsonValue] = {"handle": dict(handle.to_dict()), "deadline": time.time() + self.timeout}
+        return stored
+
+    def _remember(self, context: Context, handle: QueueHandle) -> None:
+        """This try's request: on the operator (``on_kill``) and in XCom (links), also when reconnected."""
+        self._handle = handle
         try:
             ti = context["ti"]
             ti.xcom_push(key=XCOM_REQUEST_ID, value=handle.request_id)
@@ -236,13 +245,10 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         except Exception as err:
             # The id must still reach the state store (the mixin stores what we return), or a retry pays twice.
             self.log.warning("Could not push request %s to XCom: %s", handle.request_id, err)
-        self._handle = handle
-        stored: dict[str, JsonValue] = {"handle": dict(handle.to_dict()), "deadline": time.time() + self.timeout}
-        return stored
 
     def get_job_status(self, external_id: JsonValue, context: Context) -> str:
         handle, _ = _stored(external_id)
-        self._handle = handle
+        self._remember(context, handle)
         try:
             status = self.hook.status(handle, logs=False)
         except FluxReduxRequestRejectedError as err:
@@ -272,6 +278,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             if final is not None:
                 raise_if_failed(final, handle.request_id)
                 self._result = self.hook.result(handle)
+                self._metrics = final.metrics
                 return
             self.log.info("Request %s still running after %.0fs; deferring.", handle.request_id, self.defer_after)
         self.defer(
@@ -313,8 +320,23 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
 
     def get_job_result(self, external_id: JsonValue, context: Context) -> dict[str, Any]:
         handle, _ = _stored(external_id)
-        result = self._result or self.hook.result(handle)
-        return self._finish(context, handle, result, metrics={})
+        try:
+            result = self._result or self.hook.result(handle)
+        except FluxReduxResultExpiredError:
+            if self._result is not None or self._handle is None or self._handle.request_id != handle.request_id:
+                raise
+            # A rerun found its finished job, but fal no longer keeps the result: this run needs a new job.
+            self.log.warning("The result of finished request %s has expired; submitting anew.", handle.request_id)
+            return self._submit_anew(context)
+        return self._finish(context, handle, result, metrics=self._metrics)
+
+    def _submit_anew(self, context: Context) -> dict[str, Any]:
+        external_id = self.submit_job(context)
+        store = context.get("task_state_store")  # type: ignore[call-overload]
+        if store is not None:
+            store.set(self.external_id_key, external_id)
+        self.poll_until_complete(external_id, context)
+        return self.get_job_result(external_id, context)
 
     # -- resuming from the trigger -------------------------------------------------------------------------
 
@@ -355,7 +377,6 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         first = images[0] if images else None
         if first is not None and (first["url"] or first["path"]):
             context["ti"].xcom_push(key=XCOM_IMAGE_URL, value=first["url"] or first["path"])
-        self._forget_request(context)
         self._lineage = ([str(self.image_url)], [image["path"] or image["url"] for image in images])
         self.log.info(
             "Request %s done: %d image(s)%s",
@@ -388,15 +409,6 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         target = folder / f"{safe_id}_{index}.{_EXTENSIONS.get(download.content_type, 'bin')}"
         partial.rename(target)
         return str(target)
-
-    def _forget_request(self, context: Context) -> None:
-        """A finished request must not be 'reconnected' by a later clear-and-rerun: drop it from the store."""
-        store = context.get("task_state_store")  # type: ignore[call-overload]
-        if store is not None:
-            try:
-                store.delete(self.external_id_key)
-            except Exception as err:
-                self.log.debug("Could not clear the stored request id: %s", err)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Input image to output images, for the OpenLineage provider when it is installed."""

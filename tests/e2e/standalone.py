@@ -20,6 +20,7 @@ import contextlib
 import functools
 import importlib.util
 import json
+import math
 import os
 import re
 import secrets
@@ -993,3 +994,116 @@ def start_deferred_run(
     run_id = deployment.trigger(dag_id)
     deployment.wait_task(dag_id, run_id, task_id, ["deferred"], timeout=90)
     return run_id, wait_trigger_running(session, dag_id, run_id, task_id)
+
+
+# -- mapped runs of real-speed jobs (tests/e2e/test_fast_jobs.py, benchmarks/bench_fast_jobs.py) ------------------
+
+
+def wait_parsed(deployment: Deployment, dag_ids: Iterable[str], timeout: float = 120.0) -> None:
+    """Return once the dag processor has parsed every DAG in ``dag_ids`` (files copied in at start)."""
+    for dag_id in dag_ids:
+        wait_for(
+            f"DAG {dag_id} to be parsed",
+            lambda dag_id=dag_id: bool(deployment.api("GET", f"dags/{dag_id}", ok=(200, 404)).get("dag_id")),
+            timeout,
+            1.0,
+            deployment.diagnostics,
+        )
+
+
+def job_completed_at(emulator_url: str, request_id: str, api_key: str) -> float:
+    """Epoch time the emulator completed a job: its first log line is stamped at the run's start.
+
+    The status URL is fal's documented layout (``{base}/fal-ai/flux-1/requests/{id}/status``): a task that
+    reconnected on retry pushed no status URL to XCom.
+    """
+    from datetime import datetime
+
+    status = httpx.get(
+        f"{emulator_url}/fal-ai/flux-1/requests/{request_id}/status",
+        params={"logs": 1},
+        headers={"Authorization": f"Key {api_key}"},
+        timeout=10,
+    )
+    body = status.raise_for_status().json()
+    started = datetime.fromisoformat(body["logs"][0]["timestamp"]).timestamp()
+    return started + float(body["metrics"].get("inference_time", 0.0))
+
+
+def try_ids(deployment: Deployment, dag_id: str, run_id: str, task_id: str, map_index: int) -> list[str]:
+    """The task instance id of every try of one task (Airflow 3 gives each try its own id)."""
+    where = "dag_id = %s AND run_id = %s AND task_id = %s AND map_index = %s"
+    key = (dag_id, run_id, task_id, map_index)
+    rows = deployment.sql(
+        f"SELECT CAST(task_instance_id AS text) FROM task_instance_history WHERE {where} "
+        f"UNION SELECT CAST(id AS text) FROM task_instance WHERE {where}",
+        key + key,
+    )
+    return [row[0] for row in rows]
+
+
+def mapped_figures(session: Session, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+    """Per mapped task: state, tries, request id, task end - job completed, worker seconds, deferrals.
+
+    ``end_after_job_s`` is the task's end_date (REST API) minus the time the emulator completed its job;
+    ``worker_s`` sums the executor's workload durations over every try and phase (the slot time it held);
+    ``deferred_exit`` is the ISO time the first deferring workload exited.
+    """
+    from datetime import datetime
+
+    from airflow_flux_redux.links import XCOM_REQUEST_ID
+
+    d = session.deployment
+    figures = []
+    for ti in sorted(d.task_instances(dag_id, run_id), key=lambda t: t["map_index"]):
+        index = ti["map_index"]
+        ids = try_ids(d, dag_id, run_id, task_id, index)
+
+        def finished(ids: list[str] = ids, state: str = ti["state"]) -> list[dict[str, Any]] | None:
+            # The supervisor logs "Workload finished" just after the task's final state: give it a moment.
+            found = [w for ti_id in ids for w in d.workloads(ti_id)]
+            return found if any(w["final_state"] == state for w in found) else None
+
+        with contextlib.suppress(DeploymentError):
+            wait_for(f"the last workload of {task_id}[{index}]", finished, 15.0, 0.5)
+        workloads = [w for ti_id in ids for w in d.workloads(ti_id)]
+        entry: dict[str, Any] = {
+            "map_index": index,
+            "state": ti["state"],
+            "tries": ti["try_number"],
+            "worker_s": round(sum(w["duration_s"] for w in workloads), 2),
+            "deferrals": sum(w["final_state"] == "deferred" for w in workloads),
+            # When the first deferring workload exited (the executor's record): Airflow's race is open until then.
+            "deferred_exit": next((w["finished"] for w in workloads if w["final_state"] == "deferred"), None),
+            "request_id": None,
+            "end_after_job_s": None,
+        }
+        with contextlib.suppress(DeploymentError):
+            # The result names the request also after a reconnecting retry; a failed task has only the id XCom.
+            key = "return_value" if ti["state"] == "success" else XCOM_REQUEST_ID
+            value = d.xcom(dag_id, run_id, task_id, key, index)
+            entry["request_id"] = value["request_id"] if isinstance(value, dict) else value
+        if entry["request_id"] and ti["end_date"]:
+            ended = datetime.fromisoformat(str(ti["end_date"]).replace("Z", "+00:00")).timestamp()
+            done = job_completed_at(session.emulator.url, entry["request_id"], session.api_key)
+            entry["end_after_job_s"] = round(ended - done, 3)
+        figures.append(entry)
+    return figures
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """The nearest-rank percentile (share in 0..1) of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def print_figures(title: str, figures: list[dict[str, Any]]) -> None:
+    print(f"\n{title}\n{'task':>4} {'state':>8} {'tries':>5} {'defers':>6} {'worker s':>8} {'end-job s':>9}  request")
+    for f in figures:
+        late = "-" if f["end_after_job_s"] is None else f"{f['end_after_job_s']:.2f}"
+        print(
+            f"{f['map_index']:>4} {f['state']:>8} {f['tries']:>5} {f['deferrals']:>6} {f['worker_s']:>8.2f} "
+            f"{late:>9}  {f['request_id']}"
+        )
