@@ -212,6 +212,7 @@ class Deployment:
         self.env = self._environment(env, job_heartbeat_sec)
         self.standalone: subprocess.Popen[bytes] | None = None
         self.standalone_log = workdir / "standalone.log"
+        self.logs: dict[str, Path] = {}  # component name -> its log file, for diagnostics
         self.triggerers: list[Triggerer] = []
         self._extra: list[subprocess.Popen[bytes]] = []
         self._client: httpx.Client | None = None
@@ -266,16 +267,9 @@ class Deployment:
     def start(self, timeout: float = 240.0) -> Deployment:
         """Create the database, start ``airflow standalone`` and return once it runs every DAG asked for."""
         started = time.monotonic()
-        if importlib.util.find_spec("asyncpg") is None:
-            raise DeploymentError("Airflow on PostgreSQL needs the asyncpg driver: pip install asyncpg ([test] extra)")
         try:
-            ensure_postgres()
-            _admin_sql(f'CREATE DATABASE "{self.database}"')
-            self._db_created = True
-            self.home.mkdir(parents=True, exist_ok=True)
-            self.dags_folder.mkdir(parents=True, exist_ok=True)
-            for dag_file in self.dag_files:
-                shutil.copy(dag_file, self.dags_folder / dag_file.name)
+            self._prepare()
+            self.logs["standalone"] = self.standalone_log
             with self.standalone_log.open("wb") as sink:
                 self.standalone = subprocess.Popen(
                     [str(VENV_BIN / "airflow"), "standalone"],
@@ -293,19 +287,33 @@ class Deployment:
         self.startup_seconds = time.monotonic() - started
         return self
 
-    def _wait_ready(self, deadline: float) -> None:
+    def _prepare(self) -> None:
+        """A fresh database, AIRFLOW_HOME and DAGs folder (with the DAG files), before any component starts."""
+        if importlib.util.find_spec("asyncpg") is None:
+            raise DeploymentError("Airflow on PostgreSQL needs the asyncpg driver: pip install asyncpg ([test] extra)")
+        ensure_postgres()
+        _admin_sql(f'CREATE DATABASE "{self.database}"')
+        self._db_created = True
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.dags_folder.mkdir(parents=True, exist_ok=True)
+        for dag_file in self.dag_files:
+            shutil.copy(dag_file, self.dags_folder / dag_file.name)
+
+    def _wait_healthy_and_parsed(self, deadline: float) -> None:
+        """Until the API server reports every component healthy and has each DAG asked for."""
+
         def up() -> bool:
-            self._check_standalone()
+            self._check_alive()
             health = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
             return all(
                 (health.get(part) or {}).get("status") == "healthy"
                 for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
             )
 
-        wait_for("airflow standalone to be healthy", up, deadline - time.monotonic(), 1.0, self.diagnostics)
+        wait_for("the deployment to be healthy", up, deadline - time.monotonic(), 1.0, self.diagnostics)
 
         def parsed(dag_id: str) -> bool:
-            self._check_standalone()
+            self._check_alive()
             return bool(self.api("GET", f"dags/{dag_id}", ok=(200, 404)).get("dag_id"))
 
         for dag_id in self.dag_ids:
@@ -316,13 +324,16 @@ class Deployment:
                 1.0,
                 self.diagnostics,
             )
+
+    def _wait_ready(self, deadline: float) -> None:
+        self._wait_healthy_and_parsed(deadline)
         children = [p for p in self._standalone_children() if "triggerer" in p.cmdline()]
         if len(children) != 1:
             raise DeploymentError(f"expected one triggerer under standalone, saw {children}\n{self.diagnostics()}")
         (job_id,) = wait_for("the triggerer's job row", lambda: self.live_triggerer_jobs(), 30, 0.5)
         self.triggerers.append(Triggerer("standalone-triggerer", children[0].pid, job_id, self.standalone_log))
 
-    def _check_standalone(self) -> None:
+    def _check_alive(self) -> None:
         if self.standalone is not None and self.standalone.poll() is not None:
             raise DeploymentError(f"airflow standalone exited with {self.standalone.returncode}\n{self.diagnostics()}")
 
@@ -572,15 +583,18 @@ class Deployment:
 
     # -- triggerers and workers ----------------------------------------------------------------------------
 
-    def start_triggerer(self, name: str | None = None, timeout: float = 60.0) -> Triggerer:
-        """Start another ``airflow triggerer`` against the same database; returns once its job heartbeats."""
-        name = name or f"triggerer-{len(self.triggerers)}"
-        known = self.sql("SELECT coalesce(max(id), 0) FROM job WHERE job_type = 'TriggererJob'")[0][0]
+    def spawn(
+        self, name: str, *command: str, env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start ``airflow <command>`` in a process group of its own, logging to ``<workdir>/<name>.log``.
+
+        ``stop()`` ends it with the rest; ``env`` adds to the deployment's environment (per-node settings).
+        """
         log_path = self.workdir / f"{name}.log"
         with log_path.open("wb") as sink:
             popen = subprocess.Popen(
-                [str(VENV_BIN / "airflow"), "triggerer", "--skip-serve-logs"],
-                env=self.env,
+                [str(VENV_BIN / "airflow"), *command],
+                env={**self.env, **(env or {})},
                 cwd=self.workdir,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -588,6 +602,14 @@ class Deployment:
                 start_new_session=True,
             )
         self._extra.append(popen)
+        self.logs[name] = log_path
+        return popen, log_path
+
+    def start_triggerer(self, name: str | None = None, timeout: float = 60.0) -> Triggerer:
+        """Start another ``airflow triggerer`` against the same database; returns once its job heartbeats."""
+        name = name or f"triggerer-{len(self.triggerers)}"
+        known = self.sql("SELECT coalesce(max(id), 0) FROM job WHERE job_type = 'TriggererJob'")[0][0]
+        popen, log_path = self.spawn(name, "triggerer", "--skip-serve-logs")
 
         def job() -> int | None:
             if popen.poll() is not None:
@@ -715,9 +737,7 @@ class Deployment:
                     )
                 )
             )
-        for name, path in [("standalone", self.standalone_log)] + [
-            (t.name, t.log_path) for t in self.triggerers if t.log_path and t.log_path != self.standalone_log
-        ]:
+        for name, path in self.logs.items():
             with contextlib.suppress(Exception):
                 parts.append(f"--- {name} log tail ---\n" + path.read_text(errors="replace")[-5000:])
         return "\n".join(parts)
