@@ -48,7 +48,7 @@ def payload(uri: str) -> tuple[str, bytes]:
         (AVIF_COMPATIBLE, "image/avif"),
     ],
 )
-def test_each_image_kind_is_sent_typed_by_its_bytes_not_its_name(tmp_path: Path, data: bytes, content_type: str) -> None:
+def test_each_image_kind_is_typed_by_its_bytes_not_its_name(tmp_path: Path, data: bytes, content_type: str) -> None:
     path = tmp_path / "input.txt"  # a name that says nothing true about the bytes
     path.write_bytes(data)
     header, sent = payload(input_image_url(str(path), MAX))
