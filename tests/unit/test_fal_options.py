@@ -1,0 +1,74 @@
+"""fal's newer request options as connection extras: parsed once, written on the submit call as fal spells them."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from airflow_flux_redux.connection_form import conn_fields
+from airflow_flux_redux.exceptions import FluxReduxConfigError
+from airflow_flux_redux.hooks.flux_redux import FluxReduxHook, FluxReduxSettings
+
+REQUEST = {"image_url": "https://example.com/in.png"}
+
+
+def settings(**extra: Any) -> FluxReduxSettings:
+    conn = SimpleNamespace(host="", port=None, password="k" * 20, extra_dejson=extra)
+    return FluxReduxSettings.from_connection(conn)  # type: ignore[arg-type]
+
+
+def submit_call(current: FluxReduxSettings, webhook_url: str | None = None, **fields: Any) -> dict[str, Any]:
+    return FluxReduxHook()._submit_call(current, {**REQUEST, **fields}, webhook_url)
+
+
+def test_the_three_options_become_fals_headers_and_query_parameter() -> None:
+    call = submit_call(
+        settings(object_expiration_seconds="600", disable_fallback="true", max_queue_length=3),
+        webhook_url="https://h/k",
+    )
+    assert json.loads(call["headers"]["X-Fal-Object-Lifecycle-Preference"]) == {"expiration_duration_seconds": 600}
+    assert call["headers"]["x-app-fal-disable-fallback"] == "true"
+    assert call["params"] == {"fal_max_queue_length": "3", "fal_webhook": "https://h/k"}
+
+
+def test_unset_options_send_nothing() -> None:
+    call = submit_call(settings())
+    assert call["headers"] == {}
+    assert call["params"] is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "value", "allowed"),
+    [
+        ("object_expiration_seconds", "0", "an integer >= 1"),
+        ("object_expiration_seconds", "an hour", "an integer >= 1"),
+        ("disable_fallback", "maybe", "true or false"),
+        ("max_queue_length", "-1", "an integer >= 0"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_the_extra(extra: str, value: str, allowed: str) -> None:
+    with pytest.raises(FluxReduxConfigError, match=f"Connection extra {extra}={value!r}; allowed: {allowed}"):
+        settings(**{extra: value})
+
+
+def test_the_connection_form_shows_them() -> None:
+    fields = conn_fields()
+    assert fields["object_expiration_seconds"]["schema"] == {"type": ["integer", "null"], "minimum": 1}
+    assert fields["disable_fallback"]["schema"] == {"type": ["boolean", "null"]}
+    assert fields["max_queue_length"]["schema"] == {"type": ["integer", "null"], "minimum": 0}
+
+
+def test_options_are_part_of_the_pooled_client_key() -> None:
+    assert settings(max_queue_length=3).client_key != settings(max_queue_length=4).client_key
+
+
+@pytest.mark.parametrize(
+    ("store_io", "sync_mode", "warned"),
+    [("false", True, True), ("false", False, False), ("true", True, False), (None, True, False)],
+)
+def test_sync_mode_with_store_io_off_warns_once(store_io: str | None, sync_mode: bool, warned: bool, logs) -> None:
+    submit_call(settings(store_io=store_io), sync_mode=sync_mode)
+    assert logs().count("with store_io off fal may keep a result that large only minutes") == (1 if warned else 0)
