@@ -12,7 +12,6 @@ import pytest
 
 from airflow_flux_redux.exceptions import FluxReduxJobFailedError
 from airflow_flux_redux.hooks.flux_redux import ASYNC_CLIENTS
-from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger
 from tests.integration.test_operator import context, operator
 from tests.integration.test_trigger import events, make_trigger
 
@@ -38,7 +37,7 @@ def test_the_worker_wait_fails_without_fetching_the_result(flux_conn, image_uri)
 
 def test_the_trigger_fails_without_fetching_the_result(flux_conn, image_uri) -> None:
     flux_conn.set_faults(FAILED_BUT_RESULT_200)
-    trigger: FluxReduxTrigger = make_trigger(image_uri)
+    trigger = make_trigger(image_uri)
 
     async def run() -> list[dict]:
         try:
