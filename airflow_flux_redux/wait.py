@@ -63,25 +63,23 @@ def raise_if_failed(status: QueueStatus, request_id: str) -> None:
 
 
 class PollSchedule:
-    """When to poll next: every ``interval``, slower while far back in the queue.
+    """When to poll: first after a random part of ``interval``, then every ``interval`` (slower far back in a queue).
 
-    Only the first delay is jittered (shortened at random): waiters started together drift apart instead of
-    polling in bursts, and afterwards each polls exactly once per interval, so a job of length L costs about
-    L / interval + 1 polls and a change is seen at most one interval late.
+    The random start spreads waiters started together (a mapped task, a restarted triggerer) evenly over one
+    interval instead of polling in bursts; afterwards each polls exactly once per interval, so a job of
+    length L costs L / interval + 1 polls on average and a change is seen at most one interval late.
     """
 
     def __init__(self, interval: float) -> None:
         self.interval = max(0.05, interval)
-        self._first = True
+
+    def first_delay(self) -> float:
+        return random.uniform(0.0, self.interval)
 
     def next_delay(self, status: QueueStatus) -> float:
-        delay = self.interval
         if status.status is QueueState.IN_QUEUE and (status.queue_position or 0) > 10:
-            delay = min(self.interval * 4, self.interval + 0.5 * (status.queue_position or 0))
-        if self._first:
-            self._first = False
-            delay *= random.uniform(0.5, 1.0)
-        return delay
+            return min(self.interval * 4, self.interval + 0.5 * (status.queue_position or 0))
+        return self.interval
 
 
 class StatusReporter:
@@ -167,6 +165,10 @@ class WaitPolicy:
 
     def next_delay(self, status: QueueStatus) -> float:
         return self.schedule.next_delay(status)
+
+    def first_delay(self) -> float:
+        """Before the first poll (none before a stream: it reports at once)."""
+        return 0.0 if self.use_stream else self.schedule.first_delay()
 
     def failed(self, error: FluxReduxError) -> float:
         """A failed call: the delay before trying again, or re-raise once too many failed in a row."""

@@ -35,6 +35,38 @@ def png_data_uri(width: int = 64, height: int = 48) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+# -- a minimal task context for operator tests (real Airflow runs are in tests/e2e) ---------------------
+
+
+class TaskInstance:
+    def __init__(self) -> None:
+        self.xcom: dict[str, Any] = {}
+        self.stats_tags: dict[str, str] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = value
+
+
+class StateStore:
+    """The two calls of ``task_state_store`` the operator relies on, kept in a dict."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any, **_: Any) -> None:
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+def context(store: StateStore | None = None) -> dict[str, Any]:
+    return {"ti": TaskInstance(), "task_state_store": store if store is not None else StateStore()}
+
+
 @pytest.fixture(scope="session")
 def emulator_session() -> Iterator[EmulatorServer]:
     server = EmulatorServer(EmulatorConfig(key=API_KEY, queue_seconds=0.05, run_seconds=0.2, log_lines=3))
@@ -79,3 +111,13 @@ def logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]):
         return caplog.text + captured.out + captured.err
 
     return read
+
+
+@pytest.fixture(autouse=True)
+def _forget_stream_support() -> Iterator[None]:
+    """``auto`` remembers per process which origins do not serve the stream; each test starts afresh."""
+    from airflow_flux_redux import wait
+
+    wait._NO_STREAM.clear()
+    yield
+    wait._NO_STREAM.clear()

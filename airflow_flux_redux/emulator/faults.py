@@ -1,4 +1,4 @@
-"""Fault rules: the failures a real fal queue (or a gateway in front of it) shows, on demand.
+"""Fault rules: the failures a real fal queue (or a gateway in front of it) shows, on demand, and their answers.
 
 A rule names a route, a kind and how often it fires. Rules come from ``--fault`` on the command line,
 from ``EmulatorConfig.faults`` or from ``POST /_emulator/faults``, as JSON objects or in a compact form
@@ -7,30 +7,52 @@ from ``EmulatorConfig.faults`` or from ``POST /_emulator/faults``, as JSON objec
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_flux_redux.emulator.jobs import dumps
+
 if TYPE_CHECKING:
     from collections.abc import Collection
 
+    from airflow_flux_redux.emulator.call import Call
+    from airflow_flux_redux.emulator.state import EmulatorState
+
 ROUTES = ("submit", "status", "stream", "result", "cancel", "file")
 
-# Kinds that fit every route, and the routes of the others (the first one is the default route).
-_ANYWHERE = ("status", "reset", "delay", "malformed", "redirect")
-_ROUTES_OF_KIND: dict[str, tuple[str, ...]] = {
-    "unknown_status": ("status", "stream"),
-    "missing_fields": ("submit",),
-    "fail_job": ("submit",),
-    "expire_result": ("result",),
-    "huge_file": ("file",),
-    "wrong_content_type": ("file",),
-}
-KINDS = (*_ANYWHERE, *_ROUTES_OF_KIND)
+# Every kind: the routes it applies to (empty: every route, default "any"; else the first is the default)
+# and what it does. The CLI help prints this table.
+KINDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "status": ((), "answer HTTP `code` with fal's error body and X-Fal-Error-Type (`error_type`, `message`, "
+                   "`body`, `headers`; `retry_header`: needs-retry sends X-Fal-Needs-Retry: 1 (the default for "
+                   "429), retryable sends X-Fal-Retryable: true, none neither); on submit before the job is "
+                   "taken unless after_accept=true"),
+    "reset": ((), "start the answer, then drop the connection"),
+    "delay": ((), "wait `seconds` (default 1), then answer normally"),
+    "malformed": ((), "answer with a body that is not JSON"),
+    "redirect": ((), "answer `code` (default 307) with Location: `location`"),
+    "unknown_status": (("status", "stream"), 'a status answer with the unknown state "PAUSED"'),
+    "missing_fields": (("submit",), "a submit answer without status_url, response_url and cancel_url"),
+    "fail_job": (("submit",), "the job fails: COMPLETED with error, result answers `code` (default 422)"),
+    "expire_result": (("result",), "the result answers 404 result_expired"),
+    "huge_file": (("file",), "an image download of `bytes` bytes (default 64 MiB), Content-Length declared"),
+    "wrong_content_type": (("file",), "an image download that is an HTML page"),
+}  # fmt: skip
+ANYWHERE = frozenset(kind for kind, (routes, _) in KINDS.items() if not routes)
+STATUS_KINDS = ANYWHERE | {"unknown_status"}
 # On submit, these kinds answer after the job was taken (a client that retries creates a duplicate).
 _ACCEPTED_BY_DEFAULT = {"delay", "malformed", "missing_fields", "fail_job"}
+
+# The header a "status" fault says "retrying may help" with: fal's older name, its newer one, or none.
+_RETRY_HEADERS: dict[str, list[tuple[bytes, bytes]]] = {
+    "retryable": [(b"x-fal-retryable", b"true")],
+    "needs-retry": [(b"x-fal-needs-retry", b"1")],
+    "none": [],
+}
 
 # What fal answers for each code when a rule gives no body: (error_type, detail).
 DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
@@ -60,6 +82,7 @@ class FaultRule:
     location: str | None = None
     bytes: int = 64 * 1024 * 1024
     error_type: str | None = None
+    retry_header: str | None = None
     message: str | None = None
     seen: int = 0
     fired: int = 0
@@ -92,8 +115,8 @@ def parse_rule(spec: dict[str, Any] | str) -> FaultRule:
     kind = data.pop("kind", None)
     if kind not in KINDS:
         raise ValueError(f"fault kind must be one of {', '.join(KINDS)}; got {kind!r}")
-    allowed = _ROUTES_OF_KIND.get(kind, (*ROUTES, "any"))
-    route = data.pop("route", None) or (allowed[0] if kind in _ROUTES_OF_KIND else "any")
+    allowed = KINDS[kind][0] or (*ROUTES, "any")
+    route = data.pop("route", None) or (allowed[0] if KINDS[kind][0] else "any")
     if route not in allowed:
         raise ValueError(f"fault kind {kind!r} applies to route(s) {', '.join(allowed)}, not {route!r}")
     data.setdefault("after_accept", kind in _ACCEPTED_BY_DEFAULT)
@@ -101,6 +124,8 @@ def parse_rule(spec: dict[str, Any] | str) -> FaultRule:
         raise ValueError("a redirect fault needs a 'location'")
     if kind == "status" and not data.get("code"):
         raise ValueError("a status fault needs a 'code', e.g. 503")
+    if data.get("retry_header") not in (None, *_RETRY_HEADERS):
+        raise ValueError(f"retry_header must be one of {', '.join(_RETRY_HEADERS)}, not {data['retry_header']!r}")
     known = set(FaultRule.__dataclass_fields__) - {"kind", "route", "seen", "fired"}
     unknown = set(data) - known
     if unknown:
@@ -136,3 +161,52 @@ class FaultBook:
             self.fired[rule.kind] += 1
             return rule
         return None
+
+
+async def answer(call: Call, route: str, rule: FaultRule, job_id: str = "", response_url: str | None = None) -> bool:
+    """Act on a fired rule; True when the rule answered the request, False when it only delayed it."""
+    if rule.kind == "missing_fields":  # the submit handler trims its own answer
+        return False
+    if rule.kind == "delay":
+        await asyncio.sleep(rule.seconds)
+        return False
+    if rule.kind == "reset":
+        await call.drop()
+    if rule.kind == "redirect":
+        await call.reply(rule.code or 307, headers=[(b"location", str(rule.location).encode())])
+    elif rule.kind == "malformed" and route == "stream":
+        await call.reply(200, b"data: {not json\n\n", content_type=b"text/event-stream")
+    elif rule.kind == "malformed":
+        await call.reply(202 if route == "status" else 200, b"{not json")
+    elif rule.kind == "unknown_status":
+        body = dumps({"status": "PAUSED", "request_id": job_id, "response_url": response_url})
+        if route == "stream":
+            await call.reply(200, b"data: %s\n\n" % body, content_type=b"text/event-stream")
+        else:
+            await call.reply(202, body)
+    else:  # "status"
+        await _error_answer(call, rule)
+    return True
+
+
+async def _error_answer(call: Call, rule: FaultRule) -> None:
+    code = int(rule.code or 500)
+    error_type, detail = DEFAULT_ERRORS.get(code, ("http_error", f"HTTP {code}"))
+    error_type = rule.error_type or error_type
+    headers = [(b"x-fal-error-type", error_type.encode())]
+    headers += _RETRY_HEADERS[rule.retry_header or ("needs-retry" if code == 429 else "none")]
+    given = {name.lower().encode(): str(value).encode() for name, value in rule.headers.items()}
+    headers = [(k, v) for k, v in headers if k not in given] + list(given.items())
+    body = rule.body if rule.body is not None else {"detail": rule.message or detail, "error_type": error_type}
+    await call.reply(code, body.encode() if isinstance(body, str) else dumps(body), headers)
+
+
+async def fire(state: EmulatorState, call: Call, route: str, kinds: Collection[str], job_id: str = "") -> bool:
+    """Fire a matching rule for a non-submit route; True when it answered the request."""
+    if not state.faults.rules:  # the hot path: no rules, no work
+        return False
+    rule = state.faults.take(route, kinds)
+    if rule is None:
+        return False
+    job = state.table.jobs.get(job_id)
+    return await answer(call, route, rule, job_id, job.response_url if job else None)

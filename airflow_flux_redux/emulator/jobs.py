@@ -52,6 +52,7 @@ def request_error(code: int, error_type: str, message: str, headers: Headers | N
     return Failure(message, error_type, code, body, [(b"x-fal-error-type", error_type.encode()), *(headers or [])])
 
 
+NOT_FOUND = dumps({"detail": "Request not found"})
 CANCELLED = request_error(499, "client_cancelled", "Request cancelled")
 START_TIMEOUT = request_error(
     504, "request_timeout", "The request did not start within X-Fal-Request-Timeout",
@@ -70,11 +71,13 @@ class Job:
         "cancels",
         "expired",
         "failure",
+        "fal_options",
         "finish_at",
         "generation",
         "id",
         "image_hash",
         "images",
+        "lifetime",
         "log_lines",
         "planned_run",
         "prefix",
@@ -82,6 +85,7 @@ class Job:
         "response_url",
         "result_fetches",
         "seed",
+        "short_lived",
         "start_at",
         "status_polls",
         "stream_opens",
@@ -110,6 +114,9 @@ class Job:
         self.generation: asyncio.Future[None] | None = None
         self.wakeup: asyncio.Event | None = None  # set by a cancel, so open streams notice at once
         self.expired = False
+        self.lifetime: float | None = None  # seconds the result lives, when the submit asked for its own
+        self.short_lived = False  # X-Fal-Store-IO: 0 with sync_mode: kept only config.short_result_ttl
+        self.fal_options: dict[str, dict[str, str]] = {}
         self.cancels = self.status_polls = self.stream_opens = self.result_fetches = self.auth_failures = 0
         self.response_url = f"{base_url}/{prefix}/requests/{job_id}"
         self._head = dumps({"request_id": job_id, "response_url": self.response_url})[1:-1]
@@ -191,6 +198,8 @@ class Job:
             "authorized": self.auth_failures == 0,
             "image_url_sha256": self.image_hash,
             "error_type": self.failure.error_type if self.failure else None,
+            "fal_headers": self.fal_options.get("headers", {}),
+            "query": self.fal_options.get("query", {}),
         }
 
 

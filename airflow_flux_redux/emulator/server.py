@@ -9,86 +9,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from airflow_flux_redux.emulator.app import create_app
+from airflow_flux_redux.emulator.cli import config_to_argv
 from airflow_flux_redux.emulator.config import EmulatorConfig
+from airflow_flux_redux.emulator.serving import BANNER, KEY_ENV, ServerKind, bind, serve, url_of
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from airflow_flux_redux.emulator.app import EmulatorApp
 
-ServerKind = Literal["uvicorn", "hypercorn"]
-BANNER = "flux-redux-emulator listening on "
-KEY_ENV = "FLUX_REDUX_EMULATOR_KEY"
-_BACKLOG = 16384  # the 10,000-waiter benchmark connects all at once
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket; with port 0 the OS picks a free port, and nobody can take it before we serve."""
-    # proto=IPPROTO_TCP matters: asyncio turns Nagle off only on sockets that say so, and with Nagle on
-    # every keep-alive answer (headers, then body) waits ~40 ms for the client's delayed ACK.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(_BACKLOG)  # connections queue from now on, even before the server loop runs
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-async def serve(app: EmulatorApp, sock: socket.socket, server: ServerKind, stop: asyncio.Event) -> None:
-    """Serve ``app`` on ``sock`` until ``stop`` is set; hypercorn adds HTTP/2 cleartext (prior knowledge)."""
-    if server == "hypercorn":
-        from hypercorn.asyncio import serve as hypercorn_serve
-        from hypercorn.config import Config
-
-        hyper = Config()
-        hyper.bind = [f"fd://{sock.detach()}"]
-        hyper.backlog = _BACKLOG
-        hyper.loglevel = "WARNING"
-        hyper.accesslog = None
-        hyper.graceful_timeout = 1.0
-        # Hypercorn sends GOAWAY after 1,000 requests by default and then crashes (h2 state CLOSED) on
-        # the streams a busy client sent meanwhile; a long-lived multiplexed client needs no such limit.
-        hyper.keep_alive_max_requests = 2**31
-        await hypercorn_serve(app, hyper, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-        return
-    import uvicorn
-
-    try:
-        import httptools  # noqa: F401
-
-        http = "httptools"
-    except ImportError:
-        http = "h11"
-    server_ = uvicorn.Server(
-        uvicorn.Config(
-            app, loop="asyncio", http=http, log_level="warning", backlog=_BACKLOG, timeout_graceful_shutdown=1
-        )
-    )
-    task = asyncio.ensure_future(server_.serve(sockets=[sock]))
-    stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    server_.should_exit = True
-    stopped.cancel()
-    await task
-
 
 class EmulatorServer:
     """A running emulator at ``.url``; a context manager. It is not a model (see the package docstring).
+
+    ``.url`` is the base URL a connection points at, ``path_prefix`` included; the admin API is under it too.
 
     ``in_process=True`` serves from a daemon thread of this process; ``in_process=False`` starts
     ``python -m airflow_flux_redux.emulator --port 0`` and reads the URL from its first stdout line.
@@ -144,7 +87,7 @@ class EmulatorServer:
 
     def _start_thread(self) -> None:
         sock = bind(self.host, self.port)
-        self.url = url_of(sock)
+        self.url = url_of(sock) + self.config.path_prefix
         self.app = create_app(self.config)
         ready = threading.Event()
 
@@ -158,8 +101,6 @@ class EmulatorServer:
         ready.wait(self.startup_timeout)
 
     def _start_process(self) -> None:
-        from airflow_flux_redux.emulator.__main__ import config_to_argv
-
         argv = [sys.executable, "-m", "airflow_flux_redux.emulator", "--host", self.host, "--port", str(self.port)]
         argv += ["--server", self.server, *config_to_argv(self.config)]
         env = dict(os.environ)
@@ -210,9 +151,9 @@ class EmulatorServer:
         """Replace the fault rules (dicts, or compact strings such as ``"status:503:times=2"``)."""
         self._call("POST", "/_emulator/faults", {"faults": faults})
 
-    def configure(self, **timing: float) -> dict[str, Any]:
-        """Change queue_seconds, run_seconds, result_ttl, keepalive_seconds or log_lines while running."""
-        return self._call("POST", "/_emulator/config", timing)
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        """Change queue_seconds, run_seconds, result_ttl, keepalive_seconds, log_lines or timings while running."""
+        return self._call("POST", "/_emulator/config", changes)
 
     def reset(self) -> None:
         """Forget all jobs, counters and fault rules (timings stay as configured)."""

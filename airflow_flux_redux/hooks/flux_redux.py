@@ -214,6 +214,7 @@ class FluxReduxHook(_FluxReduxHookBase):
         Past the policy's deadline the job is cancelled; a job that completed meanwhile is returned, else
         ``FluxReduxTimeoutError`` is raised.
         """
+        time.sleep(policy.sleep_for(policy.first_delay()))
         while True:
             stop = policy.stop_at
             if stop is not None and time.time() >= stop:
@@ -424,6 +425,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         raise policy.timeout_error(outcome)
 
     async def _follow(self, handle: QueueHandle, policy: WaitPolicy) -> QueueStatus:
+        await asyncio.sleep(policy.first_delay())
         while True:
             try:
                 if policy.use_stream:

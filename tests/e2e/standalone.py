@@ -932,7 +932,7 @@ def wait_trigger_running(
         row = deployment.trigger_row(dag_id, run_id, task_id, map_index)
         if row is None or row["triggerer_id"] is None:
             return None
-        job = session.emulator.stats()["requests"].get(row["kwargs"]["request_id"], {})
+        job = session.emulator.stats()["requests"].get(row["kwargs"]["handle"]["request_id"], {})
         return row if job.get("status_polls", 0) + job.get("stream_opens", 0) > 0 else None
 
     return wait_for(

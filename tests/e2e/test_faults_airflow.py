@@ -47,7 +47,7 @@ def test_a_marked_failed_while_deferred_cancels_the_remote_job(e2e: Session) -> 
     e2e.reset_emulator(queue_seconds=2.0, run_seconds=60.0)
     run_id = d.trigger(DAG_ID)
     d.wait_task(DAG_ID, run_id, TASK_ID, ["deferred"], timeout=90)
-    request_id = wait_trigger_running(e2e, DAG_ID, run_id, TASK_ID)["kwargs"]["request_id"]
+    request_id = wait_trigger_running(e2e, DAG_ID, run_id, TASK_ID)["kwargs"]["handle"]["request_id"]
 
     d.set_state(DAG_ID, run_id, TASK_ID, "failed")
     wait_for(
@@ -71,7 +71,7 @@ def test_b_stalled_triggerer_wakes_up_without_cancelling_the_moved_job(e2e: Sess
     """
     d = e2e.deployment
     run_id, row = start_deferred_run(e2e, DAG_ID, TASK_ID, queue_seconds=2.0, run_seconds=25.0, triggerers=2)
-    request_id = row["kwargs"]["request_id"]
+    request_id = row["kwargs"]["handle"]["request_id"]
     stalled = d.triggerer_of_job(row["triggerer_id"])
     (healthy,) = [t for t in d.live_triggerers() if t is not stalled]
 
@@ -112,7 +112,7 @@ def test_c_one_of_two_triggerers_killed_the_other_takes_over(e2e: Session) -> No
     """Two triggerers; SIGKILL the one running the trigger: the other resumes it after the health threshold."""
     d = e2e.deployment
     run_id, row = start_deferred_run(e2e, DAG_ID, TASK_ID, queue_seconds=2.0, run_seconds=14.0, triggerers=2)
-    request_id = row["kwargs"]["request_id"]
+    request_id = row["kwargs"]["handle"]["request_id"]
     victim = d.triggerer_of_job(row["triggerer_id"])
     (survivor,) = [t for t in d.live_triggerers() if t is not victim]
 

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from airflow_flux_redux.operators.flux_redux import DEFAULT_DEFER_AFTER
 from tests.conftest import API_KEY
 from tests.e2e.standalone import (
     Session,
@@ -38,9 +39,10 @@ def assert_no_secret(session: Session, run_id: str, *texts: str) -> None:
 
 def test_example_dag_defers_then_succeeds(e2e: Session) -> None:
     d = e2e.deployment
-    # An 11 s job: one that ends within seconds of the deferral can meet an Airflow 3.3.2 race on a busy
-    # machine (the deferring workload's late "success" fails the resumed task; apache/airflow#72716).
-    e2e.reset_emulator(queue_seconds=3.0, run_seconds=8.0)
+    # A 14 s job: longer than the operator's in-worker window (defer_after, 10 s), so it defers; it ends
+    # within seconds of the deferral, so the trigger holds its event (apache/airflow#72716) and the task
+    # must still succeed.
+    e2e.reset_emulator(queue_seconds=3.0, run_seconds=11.0)
     run_id = d.trigger(DAG_ID)
 
     d.wait_task(DAG_ID, run_id, TASK_ID, ["deferred"], timeout=90)
@@ -48,11 +50,11 @@ def test_example_dag_defers_then_succeeds(e2e: Session) -> None:
     assert row["classpath"] == TRIGGER_CLASSPATH
     all_trigger_rows = json.dumps(d.sql("SELECT classpath, kwargs FROM trigger"), default=str)
     assert API_KEY not in all_trigger_rows, "the API key is stored in the trigger table"
-    assert row["kwargs"]["request_id"] and row["kwargs"]["deadline"] > time.time()
+    assert row["kwargs"]["handle"]["request_id"] and row["kwargs"]["deadline"] > time.time()
 
     ti = d.wait_task(DAG_ID, run_id, TASK_ID, ["success"], timeout=90)
     result = d.xcom(DAG_ID, run_id, TASK_ID)
-    assert result["request_id"] == row["kwargs"]["request_id"]
+    assert result["request_id"] == row["kwargs"]["handle"]["request_id"]
     check_images(result, count=2, size=(512, 512))
 
     entries = d.task_log(DAG_ID, run_id, TASK_ID)
@@ -67,13 +69,14 @@ def test_example_dag_defers_then_succeeds(e2e: Session) -> None:
     slot = worker_slot_seconds(entries, ti, d)
     e2e.record_jobs("example_flux_redux", [slot])
     print(f"worker slot: {slot}")
-    assert slot["submit_to_defer_s"] is not None and slot["submit_to_defer_s"] < 5, slot
+    assert slot["submit_to_defer_s"] is not None and DEFAULT_DEFER_AFTER <= slot["submit_to_defer_s"] < 15, slot
+    assert "holding the event" in log, log[-3000:]
 
 
 def test_triggerer_killed_mid_wait_new_triggerer_resumes(e2e: Session) -> None:
     d = e2e.deployment
     run_id, before = start_deferred_run(e2e, DAG_ID, TASK_ID, queue_seconds=3.0, run_seconds=12.0, triggerers=1)
-    request_id = before["kwargs"]["request_id"]
+    request_id = before["kwargs"]["handle"]["request_id"]
 
     victim = d.triggerer_of_job(before["triggerer_id"])
     d.kill_triggerer(victim, signal.SIGKILL)
@@ -92,7 +95,7 @@ def test_triggerer_killed_mid_wait_new_triggerer_resumes(e2e: Session) -> None:
     )
     assert after["id"] == before["id"]
     assert after["kwargs"]["deadline"] == before["kwargs"]["deadline"], "the deadline moved on takeover"
-    assert after["kwargs"]["request_id"] == request_id
+    assert after["kwargs"]["handle"]["request_id"] == request_id
 
     ti = d.wait_task(DAG_ID, run_id, TASK_ID, ["success"], timeout=90)
     result = d.xcom(DAG_ID, run_id, TASK_ID)

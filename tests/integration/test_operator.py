@@ -24,41 +24,12 @@ from airflow_flux_redux.models import QueueHandle
 from airflow_flux_redux.operators.flux_redux import FluxReduxOperator
 from airflow_flux_redux.triggers.flux_redux import event_payload
 from airflow_flux_redux.version_compat import HAS_TASK_STATE_STORE
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, StateStore, TaskInstance, context
 
 needs_state_store = pytest.mark.skipif(
     not HAS_TASK_STATE_STORE,
     reason="task_state_store (reconnect on retry) arrived in Airflow 3.3; below it every try submits anew",
 )
-
-
-class TaskInstance:
-    def __init__(self) -> None:
-        self.xcom: dict[str, Any] = {}
-        self.stats_tags: dict[str, str] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcom[key] = value
-
-
-class StateStore:
-    """The two calls of ``task_state_store`` the operator relies on, kept in a dict."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def set(self, key: str, value: Any, **_: Any) -> None:
-        self.data[key] = value
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-
-def context(store: StateStore | None = None) -> dict[str, Any]:
-    return {"ti": TaskInstance(), "task_state_store": store if store is not None else StateStore()}
 
 
 def operator(**kwargs: Any) -> FluxReduxOperator:
@@ -236,3 +207,48 @@ def test_inline_images_are_capped_like_downloads(flux_conn, image_uri, tmp_path)
     with pytest.raises(FluxReduxProtocolError, match="max_image_bytes"):
         op.execute(context())
     assert not list(tmp_path.iterdir())
+
+
+def test_a_real_speed_job_finishes_in_the_worker_without_deferring(flux_conn, image_uri, tmp_path) -> None:
+    """Defaults (deferrable): a 1-2 s job completes inside defer_after, so the task never meets the triggerer."""
+    flux_conn.configure(queue_seconds=0.2, run_seconds=1.3)
+    ctx = context()
+    result = operator(image_url=image_uri, poll_interval=1.0, output_path=str(tmp_path)).execute(ctx)
+    assert Path(result["images"][0]["path"]).exists()
+    assert flux_conn.stats()["submissions"] == 1
+    assert ctx["task_state_store"].data == {}
+
+
+def test_a_job_longer_than_the_window_defers_with_its_event_held(flux_conn, image_uri) -> None:
+    flux_conn.configure(queue_seconds=5)
+    started = time.time()
+    with pytest.raises(TaskDeferred) as info:
+        operator(image_url=image_uri, defer_after=0.5).execute(context())
+    assert 0.5 <= time.time() - started < 3
+    kwargs = info.value.trigger.serialize()[1]
+    assert kwargs["not_before"] == pytest.approx(time.time() + 10.0, abs=3)
+
+
+def test_the_event_hold_follows_airflows_config(flux_conn, image_uri, monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW__FLUX_REDUX__DEFER_EVENT_HOLD", "0")
+    flux_conn.configure(queue_seconds=5)
+    with pytest.raises(TaskDeferred) as info:
+        operator(image_url=image_uri, defer_after=0).execute(context())
+    assert info.value.trigger.serialize()[1]["not_before"] is None
+
+
+def test_the_worker_wait_is_the_triggers_wait_with_the_stream(flux_conn, image_uri) -> None:
+    """Where the stream is served the in-worker wait uses it (no polling), like the trigger."""
+    operator(image_url=image_uri, deferrable=False).execute(context())
+    routes = flux_conn.stats()["requests_by_route"]
+    assert routes.get("stream", 0) == 1 and routes.get("status", 0) == 0
+
+
+def test_the_input_image_is_read_once_per_try(flux_conn, input_file, monkeypatch) -> None:
+    from airflow_flux_redux.operators import flux_redux
+
+    reads = []
+    original = flux_redux._data_uri
+    monkeypatch.setattr(flux_redux, "_data_uri", lambda *a: reads.append(a) or original(*a))
+    operator(image_url=str(input_file), deferrable=False).execute(context())
+    assert len(reads) == 1

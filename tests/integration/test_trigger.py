@@ -205,3 +205,27 @@ async def test_a_cancelled_settings_load_does_not_cancel_the_others(flux_conn, m
     first.cancel()
     settings = await second
     assert settings.base_url == flux_conn.url
+
+
+async def test_an_early_event_is_held_until_not_before(flux_conn, image_uri) -> None:
+    """apache/airflow#72716: an event soon after the deferral waits until the deferring worker has reported."""
+    trigger = make_trigger(image_uri, not_before=time.time() + 1.0)
+    (event,) = await events(trigger)
+    assert time.time() >= trigger.not_before and event["status"] == "success"
+
+
+async def test_auto_learns_once_per_origin_that_the_stream_is_not_served(flux_conn, image_uri) -> None:
+    flux_conn.set_faults([{"route": "stream", "kind": "status", "code": 404, "times": -1}])
+    for _ in range(3):
+        (event,) = await events(make_trigger(image_uri, wait_mode="auto"))
+        assert event["status"] == "success"
+    assert flux_conn.stats()["requests_by_route"]["stream"] == 1
+
+
+def test_the_sync_wait_treats_a_job_done_at_the_deadline_as_done_too(flux_conn, image_uri) -> None:
+    """One policy: the sync twin, like the trigger, returns a result that completed as the deadline passed."""
+    hook = FluxReduxHook()
+    handle = hook.submit({"image_url": image_uri})
+    hook.wait(handle, poll_interval=0.05)
+    result = hook.wait(handle, poll_interval=0.05, deadline=time.time() - 1)
+    assert result.images and not flux_conn.stats()["requests"][handle.request_id]["cancelled"]

@@ -514,3 +514,113 @@ def test_cli_help_says_it_is_not_a_model() -> None:
         [sys.executable, "-m", "airflow_flux_redux.emulator", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "NOT a model" in help_text and "--fault" in help_text and "--public-url" in help_text
+
+
+# -- relay mode and path prefix ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def relay() -> Iterator[EmulatorServer]:
+    with EmulatorServer(EmulatorConfig(key=KEY, relay=True, path_prefix="/api/v1/", queue_seconds=0.05)) as running:
+        yield running
+
+
+def test_relay_hands_out_fal_urls_and_serves_the_same_paths_under_its_base_url(relay: EmulatorServer) -> None:
+    assert relay.url.endswith("/api/v1")
+    bearer = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(headers=bearer, timeout=10) as http:
+        handle = http.post(f"{relay.url}{MODEL}", json={"image_url": IMAGE, "image_size": SMALL}).json()
+        request_id = handle["request_id"]
+        fal = f"https://queue.fal.run/fal-ai/flux-1/requests/{request_id}"
+        assert (handle["response_url"], handle["status_url"], handle["cancel_url"]) == (
+            fal, f"{fal}/status", f"{fal}/cancel"
+        )  # fmt: skip
+        own = handle["response_url"].replace("https://queue.fal.run", relay.url)
+        assert own == f"{relay.url}/fal-ai/flux-1/requests/{request_id}"
+        wait(http, {"status_url": f"{own}/status"})
+        status = http.get(f"{own}/status")
+        assert status.status_code == 200 and status.json()["response_url"] == fal
+        images = http.get(own).json()["images"]
+        assert images[0]["url"].startswith(f"{relay.url}/files/")  # the files are served by the relay itself
+        assert httpx.get(images[0]["url"]).status_code == 200
+        assert http.put(f"{own}/cancel").json() == {"status": "ALREADY_COMPLETED"}
+        assert http.get(f"{own}/status/stream").status_code == 404  # relays serve no status stream
+        keyed = {"Authorization": f"Key {KEY}"}
+        assert httpx.get(f"{own}/status", headers=keyed).status_code == 401
+        assert httpx.post(f"{relay.url}{MODEL}", json={"image_url": IMAGE}, headers=keyed).status_code == 401
+        outside = relay.url.removesuffix("/api/v1")
+        assert http.get(f"{outside}/fal-ai/flux-1/requests/{request_id}/status").status_code == 404
+
+
+def test_relay_cancel_on_its_own_path(relay: EmulatorServer) -> None:
+    bearer = {"Authorization": f"Bearer {KEY}", "X-Emulator-Queue-Seconds": "5"}
+    handle = httpx.post(f"{relay.url}{MODEL}", json={"image_url": IMAGE}, headers=bearer).json()
+    own = handle["cancel_url"].replace("https://queue.fal.run", relay.url)
+    assert httpx.put(own, headers=bearer).status_code == 202
+    assert relay.stats()["requests"][handle["request_id"]]["cancelled"] is True
+
+
+def test_path_prefix_without_relay_returns_urls_under_the_prefix() -> None:
+    with EmulatorServer(EmulatorConfig(path_prefix="/gw"), in_process=False) as prefixed:
+        assert prefixed.url.endswith("/gw")
+        with httpx.Client(headers={"Authorization": "Key any"}, timeout=10) as http:
+            handle = http.post(f"{prefixed.url}{MODEL}", json={"image_url": IMAGE, "image_size": SMALL}).json()
+            assert handle["status_url"].startswith(f"{prefixed.url}/fal-ai/flux-1/requests/")
+            assert http.get(f"{handle['status_url']}/stream").status_code == 200
+            body = result(http, handle).json()
+            assert body["images"][0]["url"].startswith(f"{prefixed.url}/files/")
+            assert http.post(f"{prefixed.url.removesuffix('/gw')}{MODEL}", json={"image_url": IMAGE}).status_code == 404
+        assert prefixed.stats()["submissions"] == 1  # the admin API lives under the prefix too
+
+
+def test_bad_path_prefix_is_refused() -> None:
+    with pytest.raises(ValueError, match="path_prefix"):
+        EmulatorConfig(path_prefix="api")
+
+
+# -- per-seed timings -------------------------------------------------------------------------------------
+
+
+def test_timing_rules_give_each_seed_range_its_own_job_length(emu: EmulatorServer, client: httpx.Client) -> None:
+    live = emu.configure(timings=[{"seeds": [0, 9], "queue_seconds": 0, "run_seconds": 0.1}, "10-19:0.4:0.1:0.05"])
+    assert live["timings"][1] == {"seeds": [10, 19], "queue_seconds": 0.4, "run_seconds": 0.1, "run_step": 0.05}
+    short, stepped, other = submit(client, seed=5), submit(client, seed=14), submit(client, seed=40)
+    pinned = submit(client, headers={"X-Emulator-Queue-Seconds": "0", "X-Emulator-Run-Seconds": "0.05"}, seed=14)
+    assert client.get(stepped["status_url"]).json()["status"] == "IN_QUEUE"
+    assert client.get(short["status_url"]).json()["status"] == "IN_PROGRESS"
+    ran = {name: wait(client, handle)["metrics"]["inference_time"] for name, handle in
+           (("short", short), ("stepped", stepped), ("other", other), ("pinned", pinned))}  # fmt: skip
+    assert ran == {"short": 0.1, "stepped": 0.3, "other": 0.2, "pinned": 0.05}
+    emu.configure(timings=[])
+    assert wait(client, submit(client, seed=5))["metrics"]["inference_time"] == 0.2
+
+
+@pytest.mark.parametrize(
+    "rule",
+    ["0-9:0.1", "9-0:0.1:0.2", {"seeds": [0], "queue_seconds": 0, "run_seconds": 1}, {"seeds": [0, 1], "run": 1}],
+)
+def test_bad_timing_rule_is_refused(emu: EmulatorServer, rule: Any) -> None:
+    with pytest.raises(ValueError, match="timing"):
+        emu.configure(timings=[rule])
+    with pytest.raises(ValueError, match="timing"):
+        EmulatorConfig(timings=[rule])
+
+
+def test_timing_flag_round_trips_through_the_command_line() -> None:
+    from airflow_flux_redux.emulator.cli import build_parser, config_to_argv
+
+    config = EmulatorConfig(
+        timings=["0-23:0.2:1.3", {"seeds": [24, 47], "queue_seconds": 0.2, "run_seconds": 10, "run_step": 0.2}]
+    )
+    args = build_parser().parse_args(config_to_argv(config))
+    assert EmulatorConfig(timings=args.timing).timings == config.timings
+    assert config.timing_for(30) == (0.2, pytest.approx(11.2)) and config.timing_for(None) == (0.5, 1.5)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--timing", "0-23:fast:1"])
+
+
+def test_every_preset_of_the_models_has_a_pixel_size() -> None:
+    from airflow_flux_redux.emulator.images import SIZE_PRESETS
+    from airflow_flux_redux.models import IMAGE_SIZE_PRESETS
+
+    assert set(SIZE_PRESETS) == set(IMAGE_SIZE_PRESETS)

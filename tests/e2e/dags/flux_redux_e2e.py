@@ -53,4 +53,5 @@ with DAG(
         output_path=f"file://{OUTPUT_DIR}/{RUN_FOLDER}",
         poll_interval=0.5,
         timeout=300,
+        defer_after=2,  # defer soon: this DAG tests many deferred waits at once (the window: test_fast_jobs.py)
     ).expand(seed=list(range(MAPPED)))

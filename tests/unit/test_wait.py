@@ -1,0 +1,124 @@
+"""The one wait policy: poll schedule, errors tolerated, window and deadline, what ``auto`` remembers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from airflow_flux_redux import exceptions
+from airflow_flux_redux.exceptions import FluxReduxError, FluxReduxTransportError, error_from_dict
+from airflow_flux_redux.models import QueueState, QueueStatus
+from airflow_flux_redux.wait import PollSchedule, StreamUnsupportedError, WaitPolicy
+
+RUNNING = QueueStatus(status=QueueState.IN_PROGRESS)
+
+
+def polls_until(length: float, schedule: PollSchedule) -> int:
+    now, polls = schedule.first_delay(), 1
+    while now < length:  # the poll at or after ``length`` is the one that sees COMPLETED
+        now += schedule.next_delay(RUNNING)
+        polls += 1
+    return polls
+
+
+@given(length=st.floats(0.5, 60), interval=st.floats(0.2, 5))
+def test_a_job_costs_about_length_over_interval_plus_one_polls(length: float, interval: float) -> None:
+    assert polls_until(length, PollSchedule(interval)) <= length / interval + 2
+
+
+def test_on_average_a_wait_polls_no_more_than_length_over_interval_plus_one() -> None:
+    """The issue's target, per wait: polls <= job length / interval + 1 (10.5 s jobs at 1 s: <= 11.5)."""
+    counts = [polls_until(10.5, PollSchedule(1.0)) for _ in range(4000)]
+    assert sum(counts) / len(counts) <= 10.5 / 1.0 + 1 + 0.05
+
+
+def test_a_change_is_seen_at_most_one_interval_late() -> None:
+    schedule = PollSchedule(1.0)
+    assert all(schedule.next_delay(RUNNING) <= 1.0 for _ in range(20))
+
+
+def test_far_back_in_the_queue_polls_slower() -> None:
+    schedule = PollSchedule(1.0)
+    schedule.next_delay(RUNNING)
+    assert schedule.next_delay(QueueStatus(status=QueueState.IN_QUEUE, queue_position=40)) > 1.0
+
+
+def policy(**kwargs) -> WaitPolicy:
+    kwargs.setdefault("status_url", "https://relay-a.example.com/fal-ai/flux-1/requests/r/status")
+    return WaitPolicy(request_id="r", **kwargs)
+
+
+def test_errors_are_tolerated_up_to_the_bound_then_raised() -> None:
+    wait = policy(max_consecutive_errors=2, poll_interval=0.1)
+    error = FluxReduxTransportError("503", retryable=True)
+    assert wait.failed(error) > 0 and wait.failed(error) > 0
+    with pytest.raises(FluxReduxTransportError):
+        wait.failed(error)
+
+
+def test_a_status_resets_the_error_count() -> None:
+    wait = policy(max_consecutive_errors=1)
+    wait.failed(FluxReduxTransportError("503", retryable=True))
+    wait.seen(RUNNING)
+    wait.failed(FluxReduxTransportError("503", retryable=True))
+
+
+def test_an_error_that_is_not_transient_ends_the_wait_at_once() -> None:
+    with pytest.raises(exceptions.FluxReduxAuthError):
+        policy().failed(exceptions.FluxReduxAuthError("401", status_code=401))
+
+
+def test_auto_learns_once_per_origin_that_the_stream_is_not_served() -> None:
+    first = policy(status_url="https://relay-b.example.com/fal-ai/flux-1/requests/1/status")
+    assert first.use_stream
+    assert first.failed(StreamUnsupportedError("HTTP 404")) == 0.0 and not first.use_stream
+    # The next wait on that origin polls from the start: no stream request, no extra connection.
+    assert not policy(status_url="https://relay-b.example.com/fal-ai/flux-1/requests/2/status").use_stream
+    assert policy(status_url="https://other.example.com/fal-ai/flux-1/requests/2/status").use_stream
+
+
+def test_a_busy_stream_pool_is_not_remembered_as_not_served() -> None:
+    first = policy(status_url="https://relay-c.example.com/r/1/status")
+    first.failed(StreamUnsupportedError("all connections in use", busy=True))
+    assert not first.use_stream
+    assert policy(status_url="https://relay-c.example.com/r/2/status").use_stream
+
+
+def test_the_window_ends_before_the_deadline_and_sleep_is_cut_to_it() -> None:
+    wait = policy(deadline=100.0, until=10.0)
+    assert wait.stop_at == 10.0 and wait.window_over(now=10.0) and not wait.window_over(now=9.0)
+    assert wait.sleep_for(5.0, now=8.0) == 2.0
+    late = policy(deadline=10.0, until=100.0)
+    assert late.stop_at == 10.0 and not late.window_over(now=10.0)
+
+
+def test_a_bad_wait_mode_names_the_allowed_ones() -> None:
+    with pytest.raises(FluxReduxError, match="wait_mode: got 'push'; allowed: poll, stream, auto"):
+        policy(mode="push")
+
+
+def _error_classes() -> list[type[FluxReduxError]]:
+    found, todo = [], [FluxReduxError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+@pytest.mark.parametrize("cls", _error_classes(), ids=lambda cls: cls.__name__)
+def test_every_error_crosses_json_as_the_same_class_with_its_fields(cls: type[FluxReduxError]) -> None:
+    samples = {"status_code": 503, "error_type": "runner_disconnected", "retryable": True, "retry_after": 2.0}
+    if cls is exceptions.InvalidRequestError:
+        error: FluxReduxError = cls(["num_images: got 7; allowed: an integer 1..4 (default 1)"])
+    else:
+        import inspect
+
+        params = inspect.signature(cls.__init__).parameters
+        error = cls("it broke", request_id="req-9", **{k: v for k, v in samples.items() if k in params})
+    again = error_from_dict(json.loads(json.dumps(error.to_dict())))
+    assert type(again) is cls and str(again) == str(error)
+    assert again.to_dict() == error.to_dict()
