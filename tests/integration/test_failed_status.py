@@ -12,7 +12,8 @@ import pytest
 
 from airflow_flux_redux.exceptions import FluxReduxJobFailedError
 from airflow_flux_redux.hooks.flux_redux import ASYNC_CLIENTS
-from tests.integration.test_operator import context, operator
+from tests.conftest import context
+from tests.integration.test_operator import operator
 from tests.integration.test_trigger import events, make_trigger
 
 # The job fails (its status says COMPLETED with error), but its result answers 200 with a valid body.

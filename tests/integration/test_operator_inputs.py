@@ -10,7 +10,8 @@ import pytest
 
 from airflow_flux_redux.emulator.images import sample_image
 from airflow_flux_redux.exceptions import InvalidRequestError
-from tests.integration.test_operator import context, operator
+from tests.conftest import context
+from tests.integration.test_operator import operator
 
 if TYPE_CHECKING:
     from pathlib import Path
