@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from airflow_flux_redux.connection_form import conn_fields
-from airflow_flux_redux.exceptions import FluxReduxConfigError
-from airflow_flux_redux.hooks.flux_redux import FluxReduxHook, FluxReduxSettings
+from airflow_flux_redux.hooks.flux_redux import FluxReduxHook
+from tests.unit.test_settings import settings
+
+if TYPE_CHECKING:
+    from airflow_flux_redux.hooks._settings import FluxReduxSettings
 
 REQUEST = {"image_url": "https://example.com/in.png"}
-
-
-def settings(**extra: Any) -> FluxReduxSettings:
-    conn = SimpleNamespace(host="", port=None, password="k" * 20, extra_dejson=extra)
-    return FluxReduxSettings.from_connection(conn)  # type: ignore[arg-type]
 
 
 def submit_call(current: FluxReduxSettings, webhook_url: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -26,7 +23,7 @@ def submit_call(current: FluxReduxSettings, webhook_url: str | None = None, **fi
 
 def test_the_three_options_become_fals_headers_and_query_parameter() -> None:
     call = submit_call(
-        settings(object_expiration_seconds="600", disable_fallback="true", max_queue_length=3),
+        settings("", object_expiration_seconds="600", disable_fallback="true", max_queue_length=3),
         webhook_url="https://h/k",
     )
     assert json.loads(call["headers"]["X-Fal-Object-Lifecycle-Preference"]) == {"expiration_duration_seconds": 600}
@@ -35,23 +32,9 @@ def test_the_three_options_become_fals_headers_and_query_parameter() -> None:
 
 
 def test_unset_options_send_nothing() -> None:
-    call = submit_call(settings())
+    call = submit_call(settings(""))
     assert call["headers"] == {}
     assert call["params"] is None
-
-
-@pytest.mark.parametrize(
-    ("extra", "value", "allowed"),
-    [
-        ("object_expiration_seconds", "0", "an integer >= 1"),
-        ("object_expiration_seconds", "an hour", "an integer >= 1"),
-        ("disable_fallback", "maybe", "true or false"),
-        ("max_queue_length", "-1", "an integer >= 0"),
-    ],
-)
-def test_a_bad_value_is_refused_naming_the_extra(extra: str, value: str, allowed: str) -> None:
-    with pytest.raises(FluxReduxConfigError, match=f"Connection extra {extra}={value!r}; allowed: {allowed}"):
-        settings(**{extra: value})
 
 
 def test_the_connection_form_shows_them() -> None:

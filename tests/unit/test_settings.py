@@ -74,6 +74,10 @@ def test_fal_key_may_go_to_fals_backup_queue_host() -> None:
         ("max_retries", "many", "an integer >= 0"),
         ("timeout", "-1", "a number >= 0.1"),
         ("http2", "perhaps", "true or false"),
+        ("object_expiration_seconds", "0", "an integer >= 1"),
+        ("object_expiration_seconds", "an hour", "an integer >= 1"),
+        ("disable_fallback", "maybe", "true or false"),
+        ("max_queue_length", "-1", "an integer >= 0"),
     ],
 )
 def test_a_bad_extra_names_itself_and_what_is_allowed(name: str, value: str, allowed: str) -> None:
