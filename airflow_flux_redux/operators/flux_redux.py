@@ -428,8 +428,10 @@ _PARSE_TIME_URL = "https://parse-time.invalid/image.png"
 
 
 def _validate_literals(fields: dict[str, Any]) -> None:
-    """Fail when the DAG is parsed on a literal request field the spec does not allow (``validate_request``'s
-    message); templated values (``{{``, XCom args) wait for the run, which validates the whole request."""
+    """Raise ``validate_request``'s error for a literal request field the spec does not allow, at DAG parse time.
+
+    Templated values (``{{``, XCom args) wait for the run, which validates the whole request after rendering.
+    """
     literal = {name: value for name, value in fields.items() if _is_literal(value)}
     if literal:
         validate_request({"image_url": _PARSE_TIME_URL, **literal})
