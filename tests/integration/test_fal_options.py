@@ -14,6 +14,7 @@ from airflow_flux_redux.models import QueueState
 from tests.conftest import connection_json, context
 from tests.integration.test_hook import submit_and_wait
 from tests.integration.test_operator import operator
+from tests.unit.test_fal_option_extras import WARNING
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -94,32 +95,32 @@ def test_a_queue_that_stays_full_ends_in_a_clear_error_and_no_job(connect, image
 
 
 def test_sync_mode_with_store_io_off_warns_and_the_result_is_short_lived(
-    connect, image_uri, short_ttl: float, logs
+    connect, image_uri, short_ttl: float, times_logged
 ) -> None:
     connect(store_io=False)
     hook = FluxReduxHook()
     handle, result = submit_and_wait(hook, image_uri, sync_mode=True)
     assert result.images[0].url.startswith("data:")
-    assert logs().count("with store_io off fal may keep a result that large only minutes") == 1
+    assert times_logged(WARNING) == 1
     time.sleep(short_ttl + 0.3)
     with pytest.raises(FluxReduxResultExpiredError):
         hook.result(handle)
 
 
-def test_sync_mode_with_store_io_on_keeps_the_result(connect, image_uri, short_ttl: float, logs) -> None:
+def test_sync_mode_with_store_io_on_keeps_the_result(connect, image_uri, short_ttl: float, times_logged) -> None:
     connect(store_io=True)
     hook = FluxReduxHook()
     handle, _ = submit_and_wait(hook, image_uri, sync_mode=True)
     time.sleep(short_ttl + 0.3)
     assert hook.result(handle).images
-    assert "with store_io off" not in logs()
+    assert times_logged(WARNING) == 0
 
 
-def test_the_operator_warns_once_for_sync_mode_with_store_io_off(connect, image_uri, logs) -> None:
+def test_the_operator_warns_once_for_sync_mode_with_store_io_off(connect, image_uri, times_logged) -> None:
     connect(store_io=False)
     result = operator(image_url=image_uri, sync_mode=True, deferrable=False).execute(context())
     assert result["images"]
-    assert logs().count("with store_io off fal may keep a result that large only minutes") == 1
+    assert times_logged(WARNING) == 1
 
 
 def test_needs_retry_makes_a_500_retryable(flux_conn, image_uri) -> None:

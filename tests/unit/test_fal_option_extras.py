@@ -14,6 +14,7 @@ from tests.unit.test_settings import settings
 if TYPE_CHECKING:
     from airflow_flux_redux.hooks._settings import FluxReduxSettings
 
+WARNING = "with store_io off fal may keep a result that large only minutes"
 REQUEST = {"image_url": "https://example.com/in.png"}
 
 
@@ -52,6 +53,8 @@ def test_options_are_part_of_the_pooled_client_key() -> None:
     ("store_io", "sync_mode", "warned"),
     [("false", True, True), ("false", False, False), ("true", True, False), (None, True, False)],
 )
-def test_sync_mode_with_store_io_off_warns_once(store_io: str | None, sync_mode: bool, warned: bool, logs) -> None:
+def test_sync_mode_with_store_io_off_warns_once(
+    store_io: str | None, sync_mode: bool, warned: bool, times_logged
+) -> None:
     submit_call(settings(store_io=store_io), sync_mode=sync_mode)
-    assert logs().count("with store_io off fal may keep a result that large only minutes") == (1 if warned else 0)
+    assert times_logged(WARNING) == (1 if warned else 0)
