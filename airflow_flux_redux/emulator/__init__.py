@@ -8,6 +8,15 @@ through ``EmulatorServer.set_faults`` or ``--fault``.
 
     with EmulatorServer(EmulatorConfig(key="k", queue_seconds=0.1, run_seconds=0.5)) as emulator:
         ...  # point the client at emulator.url
+
+``relay=True`` plays a fal-compatible relay (fal's queue URLs, Bearer, no stream); ``path_prefix`` serves
+everything under a gateway-like base path; ``timings`` give seed ranges their own job lengths.
+
+Modules: ``app`` routes a request to ``submit`` (with fal's header and query ``options``), ``status``
+(status and its SSE stream), ``results``, ``cancel``, ``files`` or ``admin``; routes under ``requests/{id}``
+start with ``lookup`` (``auth`` key check, ``faults``, the job). ``call`` wraps one ASGI request,
+``state`` is the emulator's memory (``jobs``, counters), ``images`` makes the pictures. ``config`` is the
+settings, ``cli`` the command line, ``serving`` the sockets and ASGI servers, ``server`` ``EmulatorServer``.
 """
 
 from __future__ import annotations

@@ -38,14 +38,17 @@ KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "unknown_status": (("status", "stream"), 'a status answer with the unknown state "PAUSED"'),
     "missing_fields": (("submit",), "a submit answer without status_url, response_url and cancel_url"),
     "fail_job": (("submit",), "the job fails: COMPLETED with error, result answers `code` (default 422)"),
+    "completed_error_result_ok": (("submit",), "the status says COMPLETED with error/error_type (`code`, "
+                                               "`error_type`, `message`) but the result answers 200 with images"),
     "expire_result": (("result",), "the result answers 404 result_expired"),
     "huge_file": (("file",), "an image download of `bytes` bytes (default 64 MiB), Content-Length declared"),
+    "huge_chunked_file": (("file",), "an image download of `bytes` bytes sent chunked, with no Content-Length"),
     "wrong_content_type": (("file",), "an image download that is an HTML page"),
 }  # fmt: skip
 ANYWHERE = frozenset(kind for kind, (routes, _) in KINDS.items() if not routes)
 STATUS_KINDS = ANYWHERE | {"unknown_status"}
 # On submit, these kinds answer after the job was taken (a client that retries creates a duplicate).
-_ACCEPTED_BY_DEFAULT = {"delay", "malformed", "missing_fields", "fail_job"}
+_ACCEPTED_BY_DEFAULT = {"delay", "malformed", "missing_fields", "fail_job", "completed_error_result_ok"}
 
 # The header a "status" fault says "retrying may help" with: fal's older name, its newer one, or none.
 _RETRY_HEADERS: dict[str, list[tuple[bytes, bytes]]] = {

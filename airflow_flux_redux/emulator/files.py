@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from airflow_flux_redux.emulator.call import Call
     from airflow_flux_redux.emulator.state import EmulatorState
 
-_FILE_KINDS = frozenset({"huge_file", "wrong_content_type"})
+_FILE_KINDS = frozenset({"huge_file", "huge_chunked_file", "wrong_content_type"})
 
 
 async def file(state: EmulatorState, call: Call) -> None:
@@ -40,8 +40,10 @@ async def file(state: EmulatorState, call: Call) -> None:
         await call.reply(200, image.data, [(b"cache-control", b"public, max-age=3600")], content_type)
     elif rule.kind == "wrong_content_type":
         await call.reply(200, b"<html><body>Service unavailable</body></html>", content_type=b"text/html")
-    else:  # huge_file
-        headers = [(b"content-type", content_type), (b"content-length", b"%d" % rule.bytes)]
+    else:  # huge_file declares its length; huge_chunked_file does not, so the server sends it chunked
+        headers = [(b"content-type", content_type)]
+        if rule.kind == "huge_file":
+            headers.append((b"content-length", b"%d" % rule.bytes))
         await call.stream(200, headers, _zeros(rule.bytes))
 
 

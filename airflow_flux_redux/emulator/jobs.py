@@ -81,6 +81,7 @@ class Job:
         "log_lines",
         "planned_run",
         "prefix",
+        "reported_error",
         "request",
         "response_url",
         "result_fetches",
@@ -110,6 +111,7 @@ class Job:
         self.log_lines = log_lines
         self.wall_offset = wall_offset  # wall clock = monotonic + wall_offset, for log timestamps
         self.failure: Failure | None = None
+        self.reported_error: Failure | None = None  # an error the status reports although the result is fine
         self.images: list[GeneratedImage] | None = None
         self.generation: asyncio.Future[None] | None = None
         self.wakeup: asyncio.Event | None = None  # set by a cancel, so open streams notice at once
@@ -159,9 +161,9 @@ class Job:
         if body is None:
             ran = self.finish_at - self.start_at
             metrics = b'{"inference_time":%s}' % repr(round(ran, 3)).encode() if ran > 0 else b"{}"
-            error = b""
-            if self.failure is not None:
-                error = b',"error":%s,"error_type":%s' % (dumps(self.failure.error), dumps(self.failure.error_type))
+            error, failure = b"", self.failure or self.reported_error
+            if failure is not None:
+                error = b',"error":%s,"error_type":%s' % (dumps(failure.error), dumps(failure.error_type))
             shown = self._logs_at(now) if logs else b"null"
             body = b'{"status":"COMPLETED",%s,"logs":%s,"metrics":%s%s}' % (self._head, shown, metrics, error)
             self._completed_body[logs] = body

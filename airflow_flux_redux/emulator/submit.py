@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from airflow_flux_redux.emulator.call import Call
     from airflow_flux_redux.emulator.state import EmulatorState
 
+_JOB_FAULTS = frozenset({"fail_job", "completed_error_result_ok"})
 # An image_url containing "emulator-fail=<name>" fails its job as the model would.
 _FAIL_MARKER = re.compile(r"emulator-fail=([a-z_]+)")
 _MARKED_FAILURES = {
@@ -129,12 +130,16 @@ def _accept(state: EmulatorState, call: Call, prefix: str, request: FluxReduxReq
     if deadline is not None and start > now + deadline:
         job.start_at = job.finish_at = now + deadline
         failure = START_TIMEOUT
-    elif state.faults.rules and (fail_rule := state.faults.take("submit", {"fail_job"})):
-        failure = model_error(
-            fail_rule.code or 422,
-            fail_rule.error_type or "content_policy_violation",
-            fail_rule.message or "The input image was flagged by the safety checker",
+    elif state.faults.rules and (rule := state.faults.take("submit", _JOB_FAULTS)):
+        error = model_error(
+            rule.code or 422,
+            rule.error_type or "content_policy_violation",
+            rule.message or "The input image was flagged by the safety checker",
         )
+        if rule.kind == "fail_job":
+            failure = error
+        else:  # completed_error_result_ok: only the status says it failed
+            job.reported_error = error
     elif marker and marker.group(1) in _MARKED_FAILURES:
         failure = model_error(*_MARKED_FAILURES[marker.group(1)])
     job.failure = failure

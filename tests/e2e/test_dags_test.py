@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -151,3 +152,36 @@ def test_a_file_that_is_no_image_fails_before_submit(airflow_home, flux_conn, tm
     assert "image_url: /proc/self/environ is not an image" in log, log[-4000:]
     assert API_KEY not in without_airflow_30_mask_requests(log)  # the file holds it: never quoted
     assert sum(flux_conn.stats()["requests_by_route"].values()) == 0
+
+
+def test_example_a_through_a_relay_with_fals_urls_defers_and_resumes_from_the_event(airflow_home, tmp_path) -> None:
+    """The spec's kind of gateway: answers with queue.fal.run URLs, Bearer key, no status stream.
+
+    The connection holds only the relay's base URL (with a path prefix), its key and Bearer. The job is
+    longer than the in-worker window, so the task defers and ``dags test`` resumes it from the event alone.
+    """
+    from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer
+    from airflow_flux_redux.operators.flux_redux import DEFAULT_DEFER_AFTER
+
+    (source,) = write_inputs(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    config = EmulatorConfig(
+        key=API_KEY, relay=True, path_prefix="/v1", queue_seconds=1.0, run_seconds=DEFAULT_DEFER_AFTER + 1
+    )
+    with EmulatorServer(config) as relay:
+        conn = {"conn_type": "flux_redux", "host": relay.url, "password": API_KEY, "extra": {"auth_scheme": "Bearer"}}
+        env = {
+            **airflow_home,
+            "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": json.dumps(conn),
+            "AIRFLOW__FLUX_REDUX__DEFER_EVENT_HOLD": "0",  # dags test runs the trigger inline: no race to hold off
+            "FLUX_REDUX_EXAMPLE_IMAGE": str(source),
+            "FLUX_REDUX_EXAMPLE_OUTPUT": str(out),
+        }
+        run = dags_test(env, "example_flux_redux")
+        stats = relay.stats()
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert len(sorted(out.rglob("*.png"))) == 2, log[-4000:]
+    assert "deferring" in log, log[-4000:]
+    assert stats["submissions"] == 1 and stats["requests_by_route"]["status"] >= 2
+    assert API_KEY not in without_airflow_30_mask_requests(log)

@@ -141,14 +141,15 @@ def test_d_worker_killed_after_submit_retry_reconnects(e2e: Session) -> None:
     ti = d.wait_task(SYNC_DAG, run_id, SYNC_TASK, ["running"], timeout=90)
 
     def polled_request() -> str | None:
-        # The request id goes to the task_state_store right after submit, before the first status poll.
+        # The request id goes to the task_state_store right after submit, before the wait starts (the
+        # status stream here, as the emulator serves it).
         for request_id, job in e2e.emulator.stats()["requests"].items():
-            if job["status_polls"] > 0:
+            if job["status_polls"] + job.get("stream_opens", 0) > 0:
                 return request_id
         return None
 
     request_id = wait_for(
-        "the worker to poll its request", polled_request, 60, 0.2, lambda: d.diagnostics(SYNC_DAG, run_id)
+        "the worker to follow its request", polled_request, 60, 0.2, lambda: d.diagnostics(SYNC_DAG, run_id)
     )
     workers = wait_for("the task's worker process", lambda: d.worker_processes(ti["id"]), 20, 0.2)
     for worker in workers:

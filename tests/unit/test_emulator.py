@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 
 from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer
+from airflow_flux_redux.emulator.cli import build_parser, config_from_args, config_to_argv
+from airflow_flux_redux.emulator.faults import KINDS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -514,6 +516,8 @@ def test_cli_help_says_it_is_not_a_model() -> None:
         [sys.executable, "-m", "airflow_flux_redux.emulator", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "NOT a model" in help_text and "--fault" in help_text and "--public-url" in help_text
+    assert all(flag in help_text for flag in ("--relay", "--path-prefix", "--timing", "--short-result-ttl"))
+    assert all(f"  {kind} (" in help_text for kind in KINDS)  # every fault kind is explained
 
 
 # -- relay mode and path prefix ---------------------------------------------------------------------------
@@ -606,14 +610,18 @@ def test_bad_timing_rule_is_refused(emu: EmulatorServer, rule: Any) -> None:
         EmulatorConfig(timings=[rule])
 
 
-def test_timing_flag_round_trips_through_the_command_line() -> None:
-    from airflow_flux_redux.emulator.cli import build_parser, config_to_argv
-
+def test_every_config_field_round_trips_through_the_command_line() -> None:
     config = EmulatorConfig(
-        timings=["0-23:0.2:1.3", {"seeds": [24, 47], "queue_seconds": 0.2, "run_seconds": 10, "run_step": 0.2}]
+        relay=True,
+        path_prefix="/api/v1",
+        timings=["0-23:0.2:1.3", {"seeds": [24, 47], "queue_seconds": 0.2, "run_seconds": 10, "run_step": 0.2}],
+        short_result_ttl=5,
+        workers=3,
+        seed=9,
+        faults=["status:503:times=2"],
     )
-    args = build_parser().parse_args(config_to_argv(config))
-    assert EmulatorConfig(timings=args.timing).timings == config.timings
+    assert config.auth_scheme == "Bearer"  # a relay takes Bearer keys
+    assert config_from_args(build_parser().parse_args(config_to_argv(config))) == config
     assert config.timing_for(30) == (0.2, pytest.approx(11.2)) and config.timing_for(None) == (0.5, 1.5)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--timing", "0-23:fast:1"])
