@@ -37,8 +37,11 @@ def _lifecycle(seconds: Any) -> str:
 
 @dataclass(frozen=True)
 class Extra:
-    """One connection extra. ``header`` names the fal request header it sets on submit, ``query`` the submit
-    query parameter, if any; ``encode`` writes its value there."""
+    """One connection extra, and where its value goes on the submit call.
+
+    ``header`` names the fal request header it sets, ``query`` the query parameter (if any); ``encode`` writes
+    the value as fal spells it there.
+    """
 
     name: str
     label: str
