@@ -10,14 +10,7 @@ from pydantic import ValidationError
 
 from airflow_flux_redux.exceptions import FluxReduxProtocolError
 from airflow_flux_redux.hooks._answers import raise_for_status
-from airflow_flux_redux.hooks._transport import (
-    _HTTPCORE_ERRORS,
-    ASYNC_CLIENTS,
-    MAX_HTTP1_STREAMS,
-    _CoreStream,
-    _H2Body,
-    _httpx_error,
-)
+from airflow_flux_redux.hooks._transport import ASYNC_CLIENTS, StreamsBusyError
 from airflow_flux_redux.models import QueueState, QueueStatus
 from airflow_flux_redux.wait import StreamUnsupportedError
 
@@ -80,33 +73,9 @@ async def open_stream(
             yield response
         return
     lane = ASYNC_CLIENTS.entry(settings).lane
-    if lane.http2:
-        h2_conn, h2_stream = await lane.h2_request(url)
-        try:
-            yield httpx.Response(
-                h2_stream.status, headers=h2_stream.headers, stream=_H2Body(h2_stream.body(read_timeout))
-            )
-        finally:
-            h2_conn.cancel(h2_stream)
-        return
-    if fallback_when_busy and lane.http1_streams >= MAX_HTTP1_STREAMS:
-        raise StreamUnsupportedError(
-            f"all {MAX_HTTP1_STREAMS} HTTP/1.1 stream connections are in use (set the connection extra "
-            '"http2": true to multiplex streams)',
-            busy=True,
-        )
-    conn = lane.connection(http2=False)
-    request = lane.request(url, read_timeout=read_timeout)
-    lane.http1_streams += 1
     try:
-        try:
-            core = await conn.handle_async_request(request)
-        except _HTTPCORE_ERRORS as err:
-            raise _httpx_error(err) from None
-        try:
-            yield httpx.Response(core.status, headers=core.headers, stream=_CoreStream(core))
-        finally:
-            await core.aclose()
-    finally:
-        lane.http1_streams -= 1
-        await conn.aclose()
+        async with lane.stream(url, read_timeout, limit_http1=fallback_when_busy) as response:
+            yield response
+    except StreamsBusyError as err:
+        hint = '; the connection extra "http2": true multiplexes streams'
+        raise StreamUnsupportedError(f"{err}{hint}", busy=True) from None
