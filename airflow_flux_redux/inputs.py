@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
-from typing import Any, NoReturn
+from typing import Any
 
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
@@ -62,10 +62,10 @@ def input_image_url(value: str | ObjectStoragePath, max_bytes: int) -> str:
 def data_uri(data: bytes, shown: str) -> str:
     """``data`` as a data: URI typed by its own bytes, or ``InvalidRequestError`` when they are no image."""
     if not data:
-        _refuse(shown, "is empty")
+        raise _refused(shown, "is empty")
     content_type = image_type(data[:64])
     if content_type is None:
-        _refuse(shown, f"is not an image (its first bytes are not those of a {IMAGE_KINDS} file)")
+        raise _refused(shown, f"is not an image (its first bytes are not those of a {IMAGE_KINDS} file)")
     return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
 
 
@@ -76,7 +76,7 @@ def _local_path(text: str) -> str:
         if text.startswith("localhost/"):
             text = text[len("localhost") :]
         elif not text.startswith("/"):
-            _refuse(f"file://{text}", "names a remote host; only local file:// paths are read")
+            raise _refused(f"file://{text}", "names a remote host; only local file:// paths are read")
     return os.path.abspath(text)
 
 
@@ -89,13 +89,13 @@ def _read_local(path: str, shown: str, max_bytes: int) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        _refuse(shown, "does not exist")
+        raise _refused(shown, "does not exist") from None
     except OSError as err:
-        _refuse(shown, f"cannot be opened ({err.strerror or type(err).__name__})")
+        raise _refused(shown, f"cannot be opened ({err.strerror or type(err).__name__})") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            _refuse(shown, f"is a {_kind(mode)}, not a regular file")
+            raise _refused(shown, f"is a {_kind(mode)}, not a regular file")
         chunks: list[bytes] = []
         remaining = max_bytes + 1
         while remaining > 0:
@@ -113,16 +113,16 @@ def _read_storage(path: Any, max_bytes: int) -> bytes:
     """At most ``max_bytes`` + 1 bytes of an object-storage file (no devices or FIFOs exist there)."""
     shown = str(path)
     if not path.exists():
-        _refuse(shown, "does not exist")
+        raise _refused(shown, "does not exist")
     if not path.is_file():
-        _refuse(shown, "is not a file")
+        raise _refused(shown, "is not a file")
     with path.open("rb") as source:
         return _capped(source.read(max_bytes + 1), shown, max_bytes)
 
 
 def _capped(data: bytes, shown: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
-        _refuse(
+        raise _refused(
             shown,
             f"is over {max_bytes} bytes, the most sent inline (max_input_bytes); upload it somewhere and pass its "
             "https URL instead",
@@ -142,8 +142,8 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def _refuse(shown: str, why: str) -> NoReturn:
-    raise InvalidRequestError(
+def _refused(shown: str, why: str) -> InvalidRequestError:
+    return InvalidRequestError(
         [
             f"image_url: {shown} {why}; allowed: an http(s) URL, a data: URI, or a regular file (local or object "
             f"storage) holding a {IMAGE_KINDS} image of at most max_input_bytes"

@@ -136,7 +136,8 @@ def test_invalid_input_fails_before_submit(airflow_home, flux_conn, tmp_path) ->
     }
     run = dags_test(env, "example_flux_redux")
     log = run.stdout + run.stderr
-    assert f"image_url: {tmp_path / 'missing.png'} does not exist" in log, log[-4000:]
+    # Airflow 3.0 prints the error in a box wrapped at 80 columns: look for parts short enough to stay whole.
+    assert "image_url:" in log and "missing.png" in log and "does not exist; allowed" in log, log[-4000:]
     assert flux_conn.stats()["requests_by_route"].get("submit", 0) == 0
 
 
