@@ -40,7 +40,7 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": [
-            "airflow_flux_redux.links.FluxReduxRequestLink",
+            "airflow_flux_redux.links.FluxReduxGalleryLink",
             "airflow_flux_redux.links.FluxReduxImageLink",
         ],
         "connection-types": [

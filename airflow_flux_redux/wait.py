@@ -32,6 +32,8 @@ MAX_ERROR_BACKOFF = 30.0
 # Origins whose status stream answered "not served": ``auto`` polls there from the start, so a relay
 # without the stream costs no extra connection per wait (one process learns it once per origin).
 _NO_STREAM: set[str] = set()
+# Origins whose status stream answered with a status: ``auto`` waits there stream at once, without a probe.
+_STREAM_SERVED: set[str] = set()
 
 
 class StreamUnsupportedError(FluxReduxError):
@@ -143,16 +145,28 @@ class WaitPolicy:
     on_status: Callable[[QueueStatus], None] | None = None
     logs: bool = True
     errors: int = field(default=0, init=False)
+    origin: str = field(default="", init=False)
     use_stream: bool = field(default=False, init=False)
     schedule: PollSchedule = field(init=False)
 
     def __post_init__(self) -> None:
         if self.mode not in WAIT_MODES:
             raise FluxReduxError(f"wait_mode: got {self.mode!r}; allowed: {', '.join(WAIT_MODES)}")
-        self.use_stream = self.mode == "stream" or (
-            self.mode == "auto" and stream_origin(self.status_url) not in _NO_STREAM
-        )
+        self.origin = stream_origin(self.status_url)
+        self.refresh()
         self.schedule = PollSchedule(self.poll_interval)
+
+    def refresh(self) -> None:
+        """Take up what other waits learnt about this origin's stream."""
+        self.use_stream = self.mode == "stream" or (self.mode == "auto" and self.origin not in _NO_STREAM)
+
+    @property
+    def must_probe(self) -> bool:
+        """True when ``auto`` does not yet know whether this origin serves the stream (one wait finds out)."""
+        return self.mode == "auto" and self.use_stream and self.origin not in _STREAM_SERVED
+
+    def stream_served(self) -> None:
+        _STREAM_SERVED.add(self.origin)
 
     # -- what the waiter saw -----------------------------------------------------------------------------
 
@@ -174,7 +188,7 @@ class WaitPolicy:
         """A failed call: the delay before trying again, or re-raise once too many failed in a row."""
         if isinstance(error, StreamUnsupportedError) and self.mode == "auto":
             if not error.busy:
-                _NO_STREAM.add(stream_origin(self.status_url))
+                _NO_STREAM.add(self.origin)
             self.use_stream = False
             return 0.0
         if not isinstance(error, TOLERATED):

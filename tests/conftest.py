@@ -131,6 +131,8 @@ def _forget_stream_support() -> Iterator[None]:
     """``auto`` remembers per process which origins do not serve the stream; each test starts afresh."""
     from airflow_flux_redux import wait
 
-    wait._NO_STREAM.clear()
+    for learnt in (wait._NO_STREAM, wait._STREAM_SERVED):
+        learnt.clear()
     yield
-    wait._NO_STREAM.clear()
+    for learnt in (wait._NO_STREAM, wait._STREAM_SERVED):
+        learnt.clear()

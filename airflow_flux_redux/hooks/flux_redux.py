@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import os
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
@@ -50,7 +51,7 @@ from airflow_flux_redux.models import (
     ReduxResult,
     validate_request,
 )
-from airflow_flux_redux.wait import TOLERATED, WaitMode, WaitPolicy, raise_if_failed
+from airflow_flux_redux.wait import TOLERATED, StreamUnsupportedError, WaitMode, WaitPolicy, raise_if_failed
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -429,10 +430,9 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         while True:
             try:
                 if policy.use_stream:
-                    async for status in self.stream(handle, logs=policy.logs, fallback_when_busy=policy.mode == "auto"):
-                        if policy.seen(status):
-                            return status
-                    raise FluxReduxProtocolError("status stream closed before COMPLETED", request_id=handle.request_id)
+                    probe = await _stream_probe(policy)
+                    if policy.use_stream:
+                        return await self._follow_stream(handle, policy, probe)
                 status = await self.status(handle, logs=policy.logs)
                 if policy.seen(status):
                     return status
@@ -440,6 +440,26 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
             except TOLERATED as err:
                 delay = policy.failed(err)
             await asyncio.sleep(policy.sleep_for(delay))
+
+    async def _follow_stream(
+        self, handle: QueueHandle, policy: WaitPolicy, probe: asyncio.Future[bool | None] | None
+    ) -> QueueStatus:
+        """The stream until COMPLETED; when this wait probes its origin, tell the others what it found."""
+        try:
+            async for status in self.stream(handle, logs=policy.logs, fallback_when_busy=policy.mode == "auto"):
+                if probe is not None and not probe.done():
+                    policy.stream_served()
+                    probe.set_result(True)
+                if policy.seen(status):
+                    return status
+            raise FluxReduxProtocolError("status stream closed before COMPLETED", request_id=handle.request_id)
+        except StreamUnsupportedError as err:
+            if probe is not None and not probe.done() and not err.busy:
+                probe.set_result(False)
+            raise
+        finally:
+            if probe is not None and not probe.done():
+                probe.set_result(None)  # nothing learnt (an error, a cancel): the next wait probes again
 
     async def wait(
         self,
@@ -472,6 +492,30 @@ def _wait_policy(
         mode=mode,
         on_status=on_status,
     )
+
+
+# Per event loop and origin: the one ``auto`` wait finding out whether the origin serves the status stream.
+_PROBES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[bool | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _stream_probe(policy: WaitPolicy) -> asyncio.Future[bool | None] | None:
+    """Single flight: the first ``auto`` wait on an unknown origin tries the stream (it gets the future to
+    settle); the others wait for its answer instead of each opening a connection a relay would refuse."""
+    if not policy.must_probe:
+        return None
+    loop = asyncio.get_running_loop()
+    probes = _PROBES.setdefault(loop, {})
+    while True:
+        pending = probes.get(policy.origin)
+        if pending is None or (pending.done() and pending.result() is None):
+            probes[policy.origin] = loop.create_future()
+            return probes[policy.origin]
+        await asyncio.shield(pending)
+        policy.refresh()
+        if not policy.must_probe:
+            return None
 
 
 def _being_cancelled() -> bool:

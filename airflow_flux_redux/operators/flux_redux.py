@@ -6,7 +6,6 @@ import asyncio
 import base64
 import binascii
 import os
-import re
 import time
 from datetime import timedelta
 from functools import cached_property
@@ -25,19 +24,14 @@ from airflow_flux_redux.exceptions import (
     FluxReduxError,
     FluxReduxProtocolError,
     FluxReduxRequestRejectedError,
+    FluxReduxResultExpiredError,
     FluxReduxSubmitUncertainError,
     error_from_dict,
 )
 from airflow_flux_redux.hooks._transport import ASYNC_CLIENTS
 from airflow_flux_redux.hooks.flux_redux import FluxReduxAsyncHook, FluxReduxHook
 from airflow_flux_redux.inputs import input_image_url
-from airflow_flux_redux.links import (
-    XCOM_IMAGE_URL,
-    XCOM_REQUEST_ID,
-    XCOM_STATUS_URL,
-    FluxReduxImageLink,
-    FluxReduxRequestLink,
-)
+from airflow_flux_redux.links import FIRST_IMAGE_ATTR, XCOM_IMAGE_URL, XCOM_REQUEST_ID, XCOM_STATUS_URL, operator_links
 from airflow_flux_redux.models import (
     FluxReduxRequest,
     QueueHandle,
@@ -45,6 +39,13 @@ from airflow_flux_redux.models import (
     QueueStatus,
     ReduxResult,
     validate_request,
+)
+from airflow_flux_redux.operators._output import (
+    DEFAULT_OUTPUT_NAME,
+    check_output_name,
+    input_reference,
+    output_file_name,
+    result_cost,
 )
 from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger
 from airflow_flux_redux.version_compat import DEFER_EVENT_HOLD, log_degraded_features
@@ -95,7 +96,10 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     :param output_format: ``jpeg`` or ``png``; the server's default when unset. (templated)
     :param acceleration: ``none``, ``regular`` or ``high``; the server's default when unset. (templated)
     :param output_path: Folder (any ``ObjectStoragePath`` location, ``file://`` included) to stream the
-        images into, as ``<request_id>_<index>.<ext>``. (templated)
+        images into. (templated)
+    :param output_name: File name of each saved image, without extension: a pattern with the fields
+        ``{request_id}``, ``{index}`` (required: a job makes up to 4 images) and ``{input_stem}`` (the input's
+        file name without extension); default ``{request_id}_{index}``. (templated, so ``{{ ds }}`` works too)
     :param flux_redux_conn_id: The ``flux_redux`` connection.
     :param deferrable: Wait in the triggerer (the default). ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``
         changes the default; airflow.cfg's value is not used, as Airflow writes ``false`` there by default.
@@ -125,9 +129,10 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         "output_format",
         "acceleration",
         "output_path",
+        "output_name",
     )
     template_fields_renderers = {"image_size": "json"}
-    operator_extra_links = (FluxReduxRequestLink(), FluxReduxImageLink())
+    operator_extra_links = operator_links()
     ui_color = "#f2e6ff"
     external_id_key = "flux_redux_request"
 
@@ -144,6 +149,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         output_format: Literal["jpeg", "png"] | None = None,
         acceleration: Literal["none", "regular", "high"] | None = None,
         output_path: str | ObjectStoragePath | None = None,
+        output_name: str = DEFAULT_OUTPUT_NAME,
         flux_redux_conn_id: str = FluxReduxHook.default_conn_name,
         deferrable: bool | None = None,
         defer_after: float | timedelta = DEFAULT_DEFER_AFTER,
@@ -166,6 +172,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         self.output_format = output_format
         self.acceleration = acceleration
         self.output_path = output_path
+        self.output_name = check_output_name(output_name)
         self.flux_redux_conn_id = flux_redux_conn_id
         self.deferrable = _default_deferrable() if deferrable is None else deferrable
         self.defer_after = max(0.0, defer_after.total_seconds() if isinstance(defer_after, timedelta) else defer_after)
@@ -190,6 +197,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         self._request: FluxReduxRequest | None = None
         self._handle: QueueHandle | None = None
         self._result: ReduxResult | None = None
+        self._metrics: dict[str, Any] = {}
         self._lineage: tuple[list[str], list[str | None]] = ([], [])
 
     @cached_property
@@ -223,7 +231,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         if output is None and self._handle is not None and self._result is not None:
             # On reconnect, ResumableJobMixin (Airflow 3.3.2) returns poll_until_complete()'s None and never
             # calls get_job_result(): finish here, or the retry would save no image and return nothing.
-            return self._finish(context, self._handle, self._result, metrics={})
+            return self._finish(context, self._handle, self._result, metrics=self._metrics)
         return output
 
     def submit_job(self, context: Context) -> JsonValue:
@@ -233,6 +241,13 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             # A task retry would submit again and could pay twice: fail without retries, say what to check.
             raise AirflowFailException(str(err)) from err
         self.log.info("Submitted fal request %s (queue position %s)", handle.request_id, handle.queue_position)
+        self._remember(context, handle)
+        stored: dict[str, JsonValue] = {"handle": dict(handle.to_dict()), "deadline": time.time() + self.timeout}
+        return stored
+
+    def _remember(self, context: Context, handle: QueueHandle) -> None:
+        """This try's request: on the operator (``on_kill``) and in XCom (links), also when reconnected."""
+        self._handle = handle
         try:
             ti = context["ti"]
             ti.xcom_push(key=XCOM_REQUEST_ID, value=handle.request_id)
@@ -240,13 +255,10 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         except Exception as err:
             # The id must still reach the state store (the mixin stores what we return), or a retry pays twice.
             self.log.warning("Could not push request %s to XCom: %s", handle.request_id, err)
-        self._handle = handle
-        stored: dict[str, JsonValue] = {"handle": dict(handle.to_dict()), "deadline": time.time() + self.timeout}
-        return stored
 
     def get_job_status(self, external_id: JsonValue, context: Context) -> str:
         handle, _ = _stored(external_id)
-        self._handle = handle
+        self._remember(context, handle)
         try:
             status = self.hook.status(handle, logs=False)
         except FluxReduxRequestRejectedError as err:
@@ -276,6 +288,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             if final is not None:
                 raise_if_failed(final, handle.request_id)
                 self._result = self.hook.result(handle)
+                self._metrics = final.metrics
                 return
             self.log.info("Request %s still running after %.0fs; deferring.", handle.request_id, self.defer_after)
         self.defer(
@@ -317,8 +330,23 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
 
     def get_job_result(self, external_id: JsonValue, context: Context) -> dict[str, Any]:
         handle, _ = _stored(external_id)
-        result = self._result or self.hook.result(handle)
-        return self._finish(context, handle, result, metrics={})
+        try:
+            result = self._result or self.hook.result(handle)
+        except FluxReduxResultExpiredError:
+            if self._result is not None or self._handle is None or self._handle.request_id != handle.request_id:
+                raise
+            # A rerun found its finished job, but fal no longer keeps the result: this run needs a new job.
+            self.log.warning("The result of finished request %s has expired; submitting anew.", handle.request_id)
+            return self._submit_anew(context)
+        return self._finish(context, handle, result, metrics=self._metrics)
+
+    def _submit_anew(self, context: Context) -> dict[str, Any]:
+        external_id = self.submit_job(context)
+        store = context.get("task_state_store")  # type: ignore[call-overload]
+        if store is not None:
+            store.set(self.external_id_key, external_id)
+        self.poll_until_complete(external_id, context)
+        return self.get_job_result(external_id, context)
 
     # -- resuming from the trigger -------------------------------------------------------------------------
 
@@ -338,28 +366,36 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     def _finish(
         self, context: Context, handle: QueueHandle, result: ReduxResult, *, metrics: dict[str, Any]
     ) -> dict[str, Any]:
-        images: list[dict[str, Any]] = [
-            {
-                "url": None if image.url.startswith("data:") else image.url,
-                "width": image.width,
-                "height": image.height,
-                "content_type": image.content_type,
-                "path": self._save(handle.request_id, index, image.url),
-            }
-            for index, image in enumerate(result.images)
-        ]
+        images: list[dict[str, Any]] = []
+        for index, image in enumerate(result.images):
+            saved = self._save(handle.request_id, index, image.url)
+            images.append(
+                {
+                    "url": None if image.url.startswith("data:") else image.url,
+                    "width": image.width,
+                    "height": image.height,
+                    "content_type": image.content_type,
+                    # ``path`` keeps output_path's form (file://..., s3://...); ``local_path`` is what open() and
+                    # PIL.Image.open take, set only when the file is on a local filesystem.
+                    "path": None if saved is None else str(saved),
+                    "local_path": saved.path if saved is not None and saved.protocol in ("", "file") else None,
+                }
+            )
         output = {
             "request_id": handle.request_id,
+            "input": input_reference(self.image_url),
             "images": images,
             "seed": result.seed,
             "has_nsfw_concepts": result.has_nsfw_concepts,
             "timings": result.timings,
             "metrics": metrics,
+            "cost": result_cost(result),
         }
         first = images[0] if images else None
-        if first is not None and (first["url"] or first["path"]):
-            context["ti"].xcom_push(key=XCOM_IMAGE_URL, value=first["url"] or first["path"])
-        self._forget_request(context)
+        first_link = first["url"] or first["path"] if first is not None else None
+        if first_link:
+            context["ti"].xcom_push(key=XCOM_IMAGE_URL, value=first_link)
+            setattr(self, FIRST_IMAGE_ATTR, first_link)
         self._lineage = ([str(self.image_url)], [image["path"] or image["url"] for image in images])
         self.log.info(
             "Request %s done: %d image(s)%s",
@@ -369,38 +405,29 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         )
         return output
 
-    def _save(self, request_id: str, index: int, url: str) -> str | None:
-        """Stream one image to ``output_path`` under a name we build (never the server's), if asked to."""
+    def _save(self, request_id: str, index: int, url: str) -> ObjectStoragePath | None:
+        """Stream one image to ``output_path`` under the name ``output_name`` makes (never the server's), if asked."""
         if not self.output_path:
             return None
         folder = ObjectStoragePath(str(self.output_path))
         folder.mkdir(parents=True, exist_ok=True)
-        safe_id = re.sub(r"[^A-Za-z0-9_-]", "_", request_id)[:100]
+        name = output_file_name(self.output_name, request_id=request_id, index=index, image_url=self.image_url)
         if url.startswith("data:"):
             content_type, data = _decode_data_uri(url, self.max_image_bytes)
-            target = folder / f"{safe_id}_{index}.{_EXTENSIONS[content_type]}"
+            target = folder / f"{name}.{_EXTENSIONS[content_type]}"
             with target.open("wb") as sink:
                 sink.write(data)
-            return str(target)
-        partial = folder / f"{safe_id}_{index}.part"
+            return target
+        partial = folder / f"{name}.part"
         try:
             with partial.open("wb") as sink:
                 download = self.hook.download(url, sink, max_bytes=self.max_image_bytes)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        target = folder / f"{safe_id}_{index}.{_EXTENSIONS.get(download.content_type, 'bin')}"
+        target = folder / f"{name}.{_EXTENSIONS.get(download.content_type, 'bin')}"
         partial.rename(target)
-        return str(target)
-
-    def _forget_request(self, context: Context) -> None:
-        """A finished request must not be 'reconnected' by a later clear-and-rerun: drop it from the store."""
-        store = context.get("task_state_store")  # type: ignore[call-overload]
-        if store is not None:
-            try:
-                store.delete(self.external_id_key)
-            except Exception as err:
-                self.log.debug("Could not clear the stored request id: %s", err)
+        return target
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Input image to output images, for the OpenLineage provider when it is installed."""

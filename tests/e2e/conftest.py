@@ -1,4 +1,8 @@
-"""One real Airflow deployment (``airflow standalone`` on PostgreSQL) for every e2e test module."""
+"""One real Airflow deployment (``airflow standalone`` on PostgreSQL) for every e2e test module.
+
+The distributed test (``test_celery.py``) brings its own deployment: it runs last, after the shared one
+has stopped, so this 2-core machine never runs two Airflow deployments at once.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.conftest import API_KEY, connection_json
-from tests.e2e.standalone import Session, session_fixture, timed
+from tests.e2e.standalone import Session, session_fixture, stop_shared_session, timed
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -24,3 +28,14 @@ def e2e(airflow_session: Session, request: pytest.FixtureRequest) -> Iterator[Se
     airflow_session.reset_emulator()
     with timed(airflow_session, request.node.name):
         yield airflow_session
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the distributed test after every test that uses the shared deployment."""
+    items.sort(key=lambda item: item.path.name == "test_celery.py")  # stable: keeps the order otherwise
+
+
+@pytest.fixture(scope="module")
+def no_shared_deployment() -> None:
+    """Stop the shared ``airflow standalone`` (no later test needs it: the distributed test runs last)."""
+    stop_shared_session()

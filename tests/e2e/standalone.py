@@ -20,6 +20,7 @@ import contextlib
 import functools
 import importlib.util
 import json
+import math
 import os
 import re
 import secrets
@@ -211,6 +212,7 @@ class Deployment:
         self.env = self._environment(env, job_heartbeat_sec)
         self.standalone: subprocess.Popen[bytes] | None = None
         self.standalone_log = workdir / "standalone.log"
+        self.logs: dict[str, Path] = {}  # component name -> its log file, for diagnostics
         self.triggerers: list[Triggerer] = []
         self._extra: list[subprocess.Popen[bytes]] = []
         self._client: httpx.Client | None = None
@@ -265,16 +267,9 @@ class Deployment:
     def start(self, timeout: float = 240.0) -> Deployment:
         """Create the database, start ``airflow standalone`` and return once it runs every DAG asked for."""
         started = time.monotonic()
-        if importlib.util.find_spec("asyncpg") is None:
-            raise DeploymentError("Airflow on PostgreSQL needs the asyncpg driver: pip install asyncpg ([test] extra)")
         try:
-            ensure_postgres()
-            _admin_sql(f'CREATE DATABASE "{self.database}"')
-            self._db_created = True
-            self.home.mkdir(parents=True, exist_ok=True)
-            self.dags_folder.mkdir(parents=True, exist_ok=True)
-            for dag_file in self.dag_files:
-                shutil.copy(dag_file, self.dags_folder / dag_file.name)
+            self._prepare()
+            self.logs["standalone"] = self.standalone_log
             with self.standalone_log.open("wb") as sink:
                 self.standalone = subprocess.Popen(
                     [str(VENV_BIN / "airflow"), "standalone"],
@@ -292,19 +287,33 @@ class Deployment:
         self.startup_seconds = time.monotonic() - started
         return self
 
-    def _wait_ready(self, deadline: float) -> None:
+    def _prepare(self) -> None:
+        """A fresh database, AIRFLOW_HOME and DAGs folder (with the DAG files), before any component starts."""
+        if importlib.util.find_spec("asyncpg") is None:
+            raise DeploymentError("Airflow on PostgreSQL needs the asyncpg driver: pip install asyncpg ([test] extra)")
+        ensure_postgres()
+        _admin_sql(f'CREATE DATABASE "{self.database}"')
+        self._db_created = True
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.dags_folder.mkdir(parents=True, exist_ok=True)
+        for dag_file in self.dag_files:
+            shutil.copy(dag_file, self.dags_folder / dag_file.name)
+
+    def _wait_healthy_and_parsed(self, deadline: float) -> None:
+        """Until the API server reports every component healthy and has each DAG asked for."""
+
         def up() -> bool:
-            self._check_standalone()
+            self._check_alive()
             health = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
             return all(
                 (health.get(part) or {}).get("status") == "healthy"
                 for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
             )
 
-        wait_for("airflow standalone to be healthy", up, deadline - time.monotonic(), 1.0, self.diagnostics)
+        wait_for("the deployment to be healthy", up, deadline - time.monotonic(), 1.0, self.diagnostics)
 
         def parsed(dag_id: str) -> bool:
-            self._check_standalone()
+            self._check_alive()
             return bool(self.api("GET", f"dags/{dag_id}", ok=(200, 404)).get("dag_id"))
 
         for dag_id in self.dag_ids:
@@ -315,13 +324,16 @@ class Deployment:
                 1.0,
                 self.diagnostics,
             )
+
+    def _wait_ready(self, deadline: float) -> None:
+        self._wait_healthy_and_parsed(deadline)
         children = [p for p in self._standalone_children() if "triggerer" in p.cmdline()]
         if len(children) != 1:
             raise DeploymentError(f"expected one triggerer under standalone, saw {children}\n{self.diagnostics()}")
         (job_id,) = wait_for("the triggerer's job row", lambda: self.live_triggerer_jobs(), 30, 0.5)
         self.triggerers.append(Triggerer("standalone-triggerer", children[0].pid, job_id, self.standalone_log))
 
-    def _check_standalone(self) -> None:
+    def _check_alive(self) -> None:
         if self.standalone is not None and self.standalone.poll() is not None:
             raise DeploymentError(f"airflow standalone exited with {self.standalone.returncode}\n{self.diagnostics()}")
 
@@ -571,15 +583,18 @@ class Deployment:
 
     # -- triggerers and workers ----------------------------------------------------------------------------
 
-    def start_triggerer(self, name: str | None = None, timeout: float = 60.0) -> Triggerer:
-        """Start another ``airflow triggerer`` against the same database; returns once its job heartbeats."""
-        name = name or f"triggerer-{len(self.triggerers)}"
-        known = self.sql("SELECT coalesce(max(id), 0) FROM job WHERE job_type = 'TriggererJob'")[0][0]
+    def spawn(
+        self, name: str, *command: str, env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start ``airflow <command>`` in a process group of its own, logging to ``<workdir>/<name>.log``.
+
+        ``stop()`` ends it with the rest; ``env`` adds to the deployment's environment (per-node settings).
+        """
         log_path = self.workdir / f"{name}.log"
         with log_path.open("wb") as sink:
             popen = subprocess.Popen(
-                [str(VENV_BIN / "airflow"), "triggerer", "--skip-serve-logs"],
-                env=self.env,
+                [str(VENV_BIN / "airflow"), *command],
+                env={**self.env, **(env or {})},
                 cwd=self.workdir,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
@@ -587,6 +602,14 @@ class Deployment:
                 start_new_session=True,
             )
         self._extra.append(popen)
+        self.logs[name] = log_path
+        return popen, log_path
+
+    def start_triggerer(self, name: str | None = None, timeout: float = 60.0) -> Triggerer:
+        """Start another ``airflow triggerer`` against the same database; returns once its job heartbeats."""
+        name = name or f"triggerer-{len(self.triggerers)}"
+        known = self.sql("SELECT coalesce(max(id), 0) FROM job WHERE job_type = 'TriggererJob'")[0][0]
+        popen, log_path = self.spawn(name, "triggerer", "--skip-serve-logs")
 
         def job() -> int | None:
             if popen.poll() is not None:
@@ -714,9 +737,7 @@ class Deployment:
                     )
                 )
             )
-        for name, path in [("standalone", self.standalone_log)] + [
-            (t.name, t.log_path) for t in self.triggerers if t.log_path and t.log_path != self.standalone_log
-        ]:
+        for name, path in self.logs.items():
             with contextlib.suppress(Exception):
                 parts.append(f"--- {name} log tail ---\n" + path.read_text(errors="replace")[-5000:])
         return "\n".join(parts)
@@ -973,3 +994,116 @@ def start_deferred_run(
     run_id = deployment.trigger(dag_id)
     deployment.wait_task(dag_id, run_id, task_id, ["deferred"], timeout=90)
     return run_id, wait_trigger_running(session, dag_id, run_id, task_id)
+
+
+# -- mapped runs of real-speed jobs (tests/e2e/test_fast_jobs.py, benchmarks/bench_fast_jobs.py) ------------------
+
+
+def wait_parsed(deployment: Deployment, dag_ids: Iterable[str], timeout: float = 120.0) -> None:
+    """Return once the dag processor has parsed every DAG in ``dag_ids`` (files copied in at start)."""
+    for dag_id in dag_ids:
+        wait_for(
+            f"DAG {dag_id} to be parsed",
+            lambda dag_id=dag_id: bool(deployment.api("GET", f"dags/{dag_id}", ok=(200, 404)).get("dag_id")),
+            timeout,
+            1.0,
+            deployment.diagnostics,
+        )
+
+
+def job_completed_at(emulator_url: str, request_id: str, api_key: str) -> float:
+    """Epoch time the emulator completed a job: its first log line is stamped at the run's start.
+
+    The status URL is fal's documented layout (``{base}/fal-ai/flux-1/requests/{id}/status``): a task that
+    reconnected on retry pushed no status URL to XCom.
+    """
+    from datetime import datetime
+
+    status = httpx.get(
+        f"{emulator_url}/fal-ai/flux-1/requests/{request_id}/status",
+        params={"logs": 1},
+        headers={"Authorization": f"Key {api_key}"},
+        timeout=10,
+    )
+    body = status.raise_for_status().json()
+    started = datetime.fromisoformat(body["logs"][0]["timestamp"]).timestamp()
+    return started + float(body["metrics"].get("inference_time", 0.0))
+
+
+def try_ids(deployment: Deployment, dag_id: str, run_id: str, task_id: str, map_index: int) -> list[str]:
+    """The task instance id of every try of one task (Airflow 3 gives each try its own id)."""
+    where = "dag_id = %s AND run_id = %s AND task_id = %s AND map_index = %s"
+    key = (dag_id, run_id, task_id, map_index)
+    rows = deployment.sql(
+        f"SELECT CAST(task_instance_id AS text) FROM task_instance_history WHERE {where} "
+        f"UNION SELECT CAST(id AS text) FROM task_instance WHERE {where}",
+        key + key,
+    )
+    return [row[0] for row in rows]
+
+
+def mapped_figures(session: Session, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+    """Per mapped task: state, tries, request id, task end - job completed, worker seconds, deferrals.
+
+    ``end_after_job_s`` is the task's end_date (REST API) minus the time the emulator completed its job;
+    ``worker_s`` sums the executor's workload durations over every try and phase (the slot time it held);
+    ``deferred_exit`` is the ISO time the first deferring workload exited.
+    """
+    from datetime import datetime
+
+    from airflow_flux_redux.links import XCOM_REQUEST_ID
+
+    d = session.deployment
+    figures = []
+    for ti in sorted(d.task_instances(dag_id, run_id), key=lambda t: t["map_index"]):
+        index = ti["map_index"]
+        ids = try_ids(d, dag_id, run_id, task_id, index)
+
+        def finished(ids: list[str] = ids, state: str = ti["state"]) -> list[dict[str, Any]] | None:
+            # The supervisor logs "Workload finished" just after the task's final state: give it a moment.
+            found = [w for ti_id in ids for w in d.workloads(ti_id)]
+            return found if any(w["final_state"] == state for w in found) else None
+
+        with contextlib.suppress(DeploymentError):
+            wait_for(f"the last workload of {task_id}[{index}]", finished, 15.0, 0.5)
+        workloads = [w for ti_id in ids for w in d.workloads(ti_id)]
+        entry: dict[str, Any] = {
+            "map_index": index,
+            "state": ti["state"],
+            "tries": ti["try_number"],
+            "worker_s": round(sum(w["duration_s"] for w in workloads), 2),
+            "deferrals": sum(w["final_state"] == "deferred" for w in workloads),
+            # When the first deferring workload exited (the executor's record): Airflow's race is open until then.
+            "deferred_exit": next((w["finished"] for w in workloads if w["final_state"] == "deferred"), None),
+            "request_id": None,
+            "end_after_job_s": None,
+        }
+        with contextlib.suppress(DeploymentError):
+            # The result names the request also after a reconnecting retry; a failed task has only the id XCom.
+            key = "return_value" if ti["state"] == "success" else XCOM_REQUEST_ID
+            value = d.xcom(dag_id, run_id, task_id, key, index)
+            entry["request_id"] = value["request_id"] if isinstance(value, dict) else value
+        if entry["request_id"] and ti["end_date"]:
+            ended = datetime.fromisoformat(str(ti["end_date"]).replace("Z", "+00:00")).timestamp()
+            done = job_completed_at(session.emulator.url, entry["request_id"], session.api_key)
+            entry["end_after_job_s"] = round(ended - done, 3)
+        figures.append(entry)
+    return figures
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """The nearest-rank percentile (share in 0..1) of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def print_figures(title: str, figures: list[dict[str, Any]]) -> None:
+    print(f"\n{title}\n{'task':>4} {'state':>8} {'tries':>5} {'defers':>6} {'worker s':>8} {'end-job s':>9}  request")
+    for f in figures:
+        late = "-" if f["end_after_job_s"] is None else f"{f['end_after_job_s']:.2f}"
+        print(
+            f"{f['map_index']:>4} {f['state']:>8} {f['tries']:>5} {f['deferrals']:>6} {f['worker_s']:>8.2f} "
+            f"{late:>9}  {f['request_id']}"
+        )

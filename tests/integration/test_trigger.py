@@ -229,3 +229,20 @@ def test_the_sync_wait_treats_a_job_done_at_the_deadline_as_done_too(flux_conn, 
     hook.wait(handle, poll_interval=0.05)
     result = hook.wait(handle, poll_interval=0.05, deadline=time.time() - 1)
     assert result.images and not flux_conn.stats()["requests"][handle.request_id]["cancelled"]
+
+
+async def test_many_auto_waits_starting_together_probe_the_stream_once(flux_conn, image_uri) -> None:
+    """A thousand triggers on a relay without the stream must not each open a connection to find that out."""
+    flux_conn.set_faults([{"route": "stream", "kind": "status", "code": 404, "times": -1}])
+    triggers = [make_trigger(image_uri, wait_mode="auto") for _ in range(12)]
+    results = await asyncio.gather(*(events(trigger) for trigger in triggers))
+    assert all(event["status"] == "success" for (event,) in results)
+    assert flux_conn.stats()["requests_by_route"]["stream"] == 1
+
+
+async def test_where_the_stream_is_served_every_auto_wait_streams(flux_conn, image_uri) -> None:
+    triggers = [make_trigger(image_uri, wait_mode="auto") for _ in range(6)]
+    results = await asyncio.gather(*(events(trigger) for trigger in triggers))
+    assert all(event["status"] == "success" for (event,) in results)
+    routes = flux_conn.stats()["requests_by_route"]
+    assert routes["stream"] == 6 and routes.get("status", 0) == 0
