@@ -7,19 +7,41 @@ Airflow reads provider info on every CLI start.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow_flux_redux.exceptions import FluxReduxConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 Kind = Literal["string", "integer", "number", "boolean"]
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "")
 
 
+def header_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def _true_false(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def _lifecycle(seconds: Any) -> str:
+    return json.dumps({"expiration_duration_seconds": seconds})
+
+
 @dataclass(frozen=True)
 class Extra:
-    """One connection extra. ``header`` names the fal request header it sets, if any."""
+    """One connection extra, and where its value goes on the submit call.
+
+    ``header`` names the fal request header it sets, ``query`` the query parameter (if any); ``encode`` writes
+    the value as fal spells it there.
+    """
 
     name: str
     label: str
@@ -29,6 +51,8 @@ class Extra:
     choices: tuple[str, ...] = ()
     header: str | None = None
     minimum: float | None = None
+    query: str | None = None
+    encode: Callable[[Any], str] = header_value
 
     def parse(self, raw: Any) -> Any:
         """The value of this extra, or a ``FluxReduxConfigError`` naming it and what it allows."""
@@ -101,6 +125,15 @@ EXTRAS: tuple[Extra, ...] = (
           header="X-Fal-No-Retry"),
     Extra("store_io", "Store payloads", "boolean", "fal's payload storage (X-Fal-Store-IO); off keeps results "
           "only minutes.", header="X-Fal-Store-IO"),
+    Extra("object_expiration_seconds", "Output file lifetime (s)", "integer",
+          "How long fal keeps the output image files (X-Fal-Object-Lifecycle-Preference); fal's default when "
+          "empty.", header="X-Fal-Object-Lifecycle-Preference", minimum=1, encode=_lifecycle),
+    Extra("disable_fallback", "Disable model fallback", "boolean",
+          "Never let fal run the job on a fallback model (x-app-fal-disable-fallback).",
+          header="x-app-fal-disable-fallback", encode=_true_false),
+    Extra("max_queue_length", "Max queue length", "integer",
+          "Submit is refused with 429 (retried as any 429, up to max_retries) while fal's queue is longer than "
+          "this (fal_max_queue_length).", query="fal_max_queue_length", minimum=0),
 )  # fmt: skip
 
 BY_NAME = {extra.name: extra for extra in EXTRAS}
@@ -109,9 +142,3 @@ BY_NAME = {extra.name: extra for extra in EXTRAS}
 def parse_extras(extra: dict[str, Any]) -> dict[str, Any]:
     """Every declared extra's value (defaults filled in); unknown extras are ignored, as Airflow does."""
     return {item.name: item.parse(extra.get(item.name)) for item in EXTRAS}
-
-
-def header_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    return str(value)

@@ -113,6 +113,19 @@ def logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]):
     return read
 
 
+@pytest.fixture
+def times_logged(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]):
+    """How many times a text was logged so far. Depending on the Airflow version a record reaches the stdlib
+    handlers (caplog), structlog's output (stdout/stderr) or both: each sink is counted alone, not summed."""
+    caplog.set_level("DEBUG")
+
+    def count(text: str) -> int:
+        captured = capfd.readouterr()
+        return max(caplog.text.count(text), (captured.out + captured.err).count(text))
+
+    return count
+
+
 @pytest.fixture(autouse=True)
 def _forget_stream_support() -> Iterator[None]:
     """``auto`` remembers per process which origins do not serve the stream; each test starts afresh."""

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from airflow_flux_redux.connection_extras import BY_NAME, EXTRAS, header_value, parse_extras
+from airflow_flux_redux.connection_extras import BY_NAME, EXTRAS, parse_extras
 from airflow_flux_redux.exceptions import FluxReduxConfigError, FluxReduxUntrustedUrlError
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ class FluxReduxSettings:
     retry_max_wait: float = 30.0
     allowed_origins: frozenset[tuple[str, str, int]] = frozenset()
     headers: tuple[tuple[str, str], ...] = ()
+    submit_params: tuple[tuple[str, str], ...] = ()
     http2: bool = False
     max_in_flight: int = 64
 
@@ -97,9 +98,14 @@ class FluxReduxSettings:
             )
         values = parse_extras(extra)
         headers = tuple(
-            (item.header, header_value(values[item.name]))
+            (item.header, item.encode(values[item.name]))
             for item in EXTRAS
             if item.header is not None and values[item.name] is not None
+        )
+        submit_params = tuple(
+            (item.query, item.encode(values[item.name]))
+            for item in EXTRAS
+            if item.query is not None and values[item.name] is not None
         )
         return cls(
             base_url=(host or DEFAULT_BASE_URL).rstrip("/"),
@@ -113,6 +119,7 @@ class FluxReduxSettings:
             retry_max_wait=values["retry_max_wait"],
             allowed_origins=_parse_allowed_hosts(values["allowed_hosts"]),
             headers=headers,
+            submit_params=submit_params,
             http2=values["http2"],
             max_in_flight=values["max_in_flight"],
         )
@@ -137,6 +144,12 @@ class FluxReduxSettings:
         ]
         digest = hashlib.sha256(repr(parts).encode()).hexdigest()
         return digest[:32]
+
+    @cached_property
+    def store_io_off(self) -> bool:
+        """True when the connection turned fal's payload storage off (``store_io``): results are kept minutes."""
+        header = BY_NAME["store_io"].header
+        return any(name == header and value == "0" for name, value in self.headers)
 
     @property
     def submit_url(self) -> str:

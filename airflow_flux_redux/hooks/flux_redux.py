@@ -93,14 +93,20 @@ class _FluxReduxHookBase(BaseHook):
             f"{self.default_conn_name!r} only, and then every job goes to fal.ai ({DEFAULT_BASE_URL})."
         ) from err
 
-    @staticmethod
     def _submit_call(
-        settings: FluxReduxSettings, request: FluxReduxRequest | dict[str, Any], webhook_url: str | None
+        self, settings: FluxReduxSettings, request: FluxReduxRequest | dict[str, Any], webhook_url: str | None
     ) -> dict[str, Any]:
-        """Validate (before any network call) and shape the submit call."""
-        payload = validate_request(request).to_payload()
-        params = {"fal_webhook": webhook_url} if webhook_url else None
-        return {"json": payload, "params": params, "headers": dict(settings.headers)}
+        """Validate (before any network call) and shape the submit call: body, fal's headers and query options."""
+        valid = validate_request(request)
+        if valid.sync_mode and settings.store_io_off:
+            self.log.warning(
+                "sync_mode puts the images inside the result, and with store_io off fal may keep a result that "
+                "large only minutes: fetch it promptly, or turn store_io on (connection extra) or sync_mode off."
+            )
+        params = dict(settings.submit_params)
+        if webhook_url:
+            params["fal_webhook"] = webhook_url
+        return {"json": valid.to_payload(), "params": params or None, "headers": dict(settings.headers)}
 
     def _handle(self, settings: FluxReduxSettings, response: Answer) -> QueueHandle:
         """The submit answer as the handle to follow, its URLs as they will really be called."""

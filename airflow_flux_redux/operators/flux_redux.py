@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import mimetypes
 import os
 import time
 from datetime import timedelta
@@ -31,6 +30,7 @@ from airflow_flux_redux.exceptions import (
 )
 from airflow_flux_redux.hooks._transport import ASYNC_CLIENTS
 from airflow_flux_redux.hooks.flux_redux import FluxReduxAsyncHook, FluxReduxHook
+from airflow_flux_redux.inputs import input_image_url
 from airflow_flux_redux.links import FIRST_IMAGE_ATTR, XCOM_IMAGE_URL, XCOM_REQUEST_ID, XCOM_STATUS_URL, operator_links
 from airflow_flux_redux.models import (
     FluxReduxRequest,
@@ -84,7 +84,8 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     ``has_nsfw_concepts``, ``timings`` and ``metrics``.
 
     :param image_url: The input image: an http(s) URL or ``data:`` URI as is; a local path, ``file://`` URI,
-        ``ObjectStoragePath`` or other object-storage URI is read and sent as a ``data:`` URI. (templated)
+        ``ObjectStoragePath`` or other object-storage URI is read and sent as a ``data:`` URI, only if it is a
+        regular file whose bytes are a PNG, JPEG, WebP, GIF or AVIF image (``inputs``). (templated)
     :param image_size: A preset (square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3,
         landscape_16_9) or ``{"width": w, "height": h}``, each 1..14142. (templated)
     :param num_inference_steps: 1..12, default 4. (templated)
@@ -112,6 +113,9 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         ``auto`` (the status stream where the server serves it, else polling).
     :param max_input_bytes: Largest local input image sent as a data URI.
     :param max_image_bytes: Largest output image downloaded.
+
+    Request fields given literally (no ``{{``) are checked when the DAG is parsed, with the message a run would
+    give; templated ones when the task runs.
     """
 
     template_fields = (
@@ -178,6 +182,18 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         self.wait_mode = wait_mode
         self.max_input_bytes = max_input_bytes
         self.max_image_bytes = max_image_bytes
+        _validate_literals(
+            {
+                "image_size": image_size,
+                "num_inference_steps": num_inference_steps,
+                "seed": seed,
+                "sync_mode": sync_mode,
+                "num_images": num_images,
+                "enable_safety_checker": enable_safety_checker,
+                "output_format": output_format,
+                "acceleration": acceleration,
+            }
+        )
         self._request: FluxReduxRequest | None = None
         self._handle: QueueHandle | None = None
         self._result: ReduxResult | None = None
@@ -194,7 +210,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         """Validate every field (before any network call), reading a local input image into a data URI."""
         return validate_request(
             {
-                "image_url": self._input_image_url(),
+                "image_url": input_image_url(self.image_url, self.max_input_bytes),
                 "image_size": self.image_size,
                 "num_inference_steps": self.num_inference_steps,
                 "seed": self.seed,
@@ -205,18 +221,6 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
                 "acceleration": self.acceleration,
             }
         )
-
-    def _input_image_url(self) -> str:
-        value = self.image_url
-        if isinstance(value, str):
-            text = value.strip()
-            scheme = text.split("://", 1)[0].lower() if "://" in text else ""
-            if scheme in ("http", "https") or text[:5].lower() == "data:" or not text:
-                return text
-            path = ObjectStoragePath(text) if scheme else ObjectStoragePath(f"file://{os.path.abspath(text)}")
-        else:
-            path = value
-        return _data_uri(path, self.max_input_bytes)
 
     # -- ResumableJobMixin: submit once, reconnect on retry ------------------------------------------------
 
@@ -446,6 +450,30 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             self.log.info("Cancelled fal request %s: %s", self._handle.request_id, outcome)
 
 
+# Stands in for image_url (resolved only at run time: a file may exist only on the worker) at parse time.
+_PARSE_TIME_URL = "https://parse-time.invalid/image.png"
+
+
+def _validate_literals(fields: dict[str, Any]) -> None:
+    """Raise ``validate_request``'s error for a literal request field the spec does not allow, at DAG parse time.
+
+    Templated values (``{{``, XCom args) wait for the run, which validates the whole request after rendering.
+    """
+    literal = {name: value for name, value in fields.items() if _is_literal(value)}
+    if literal:
+        validate_request({"image_url": _PARSE_TIME_URL, **literal})
+
+
+def _is_literal(value: Any) -> bool:
+    if value is None or isinstance(value, bool | int | float):
+        return True
+    if isinstance(value, str):
+        return "{{" not in value
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _is_literal(item) for key, item in value.items())
+    return False
+
+
 def _lineage_dataset(location: str | None) -> Any:
     """An OpenLineage dataset for a URL or storage path; inline data has no identity, so none."""
     from airflow.providers.common.compat.openlineage.facet import Dataset
@@ -467,22 +495,6 @@ def _stored(external_id: Any) -> tuple[QueueHandle, float]:
     """The handle and the absolute deadline the state store keeps (what ``submit_job`` returned)."""
     data = external_id if isinstance(external_id, dict) else {}
     return QueueHandle.from_dict(data.get("handle")), float(data["deadline"])
-
-
-def _data_uri(path: Any, max_bytes: int) -> str:
-    """Read a local or object-storage image into a data URI, refusing anything over ``max_bytes``."""
-    if not path.exists():
-        raise FluxReduxError(f"image_url: the file {path} does not exist")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise FluxReduxError(
-            f"image_url: {path} is {size} bytes; images sent inline may be at most {max_bytes} bytes "
-            "(max_input_bytes). Upload it somewhere and pass its https URL instead."
-        )
-    content_type = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
-    with path.open("rb") as source:
-        data = source.read(max_bytes + 1)
-    return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _decode_data_uri(url: str, max_bytes: int) -> tuple[str, bytes]:

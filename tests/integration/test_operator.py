@@ -248,11 +248,11 @@ def test_the_worker_wait_is_the_triggers_wait_with_the_stream(flux_conn, image_u
 
 
 def test_the_input_image_is_read_once_per_try(flux_conn, input_file, monkeypatch) -> None:
-    from airflow_flux_redux.operators import flux_redux
+    from airflow_flux_redux import inputs
 
     reads = []
-    original = flux_redux._data_uri
-    monkeypatch.setattr(flux_redux, "_data_uri", lambda *a: reads.append(a) or original(*a))
+    original = inputs.data_uri
+    monkeypatch.setattr(inputs, "data_uri", lambda *a: reads.append(a) or original(*a))
     operator(image_url=str(input_file), deferrable=False).execute(context())
     assert len(reads) == 1
 

@@ -74,6 +74,10 @@ def test_fal_key_may_go_to_fals_backup_queue_host() -> None:
         ("max_retries", "many", "an integer >= 0"),
         ("timeout", "-1", "a number >= 0.1"),
         ("http2", "perhaps", "true or false"),
+        ("object_expiration_seconds", "0", "an integer >= 1"),
+        ("object_expiration_seconds", "an hour", "an integer >= 1"),
+        ("disable_fallback", "maybe", "true or false"),
+        ("max_queue_length", "-1", "an integer >= 0"),
     ],
 )
 def test_a_bad_extra_names_itself_and_what_is_allowed(name: str, value: str, allowed: str) -> None:
@@ -85,11 +89,14 @@ def test_a_bad_extra_names_itself_and_what_is_allowed(name: str, value: str, all
 def test_every_extra_reaches_the_settings_or_a_header() -> None:
     """The table drives the settings: no extra is declared that nothing reads."""
     values = {"queue_priority": "low", "request_timeout": 9, "runner_hint": "eu", "no_retry": True, "store_io": False}
+    values |= {"object_expiration_seconds": 60, "disable_fallback": True, "max_queue_length": 4}
     built = settings("https://gw.example.com", **values)
     headers = dict(built.headers)
     for extra in EXTRAS:
         if extra.header:
             assert extra.header in headers, extra.name
+        elif extra.query:
+            assert extra.query in dict(built.submit_params), extra.name
         else:
             assert hasattr(built, extra.name) or extra.name == "allowed_hosts", extra.name
     assert headers["X-Fal-No-Retry"] == "1" and headers["X-Fal-Store-IO"] == "0"
