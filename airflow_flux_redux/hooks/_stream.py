@@ -1,8 +1,11 @@
-"""The status stream (``{status_url}/stream``, Server-Sent Events): opening it and reading its statuses."""
+"""The status stream (``{status_url}/stream``, Server-Sent Events): opening it, reading its statuses, and the
+one probe per origin that finds out whether it is served."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import weakref
 from typing import TYPE_CHECKING
 
 import httpx
@@ -12,7 +15,7 @@ from airflow_flux_redux.exceptions import FluxReduxProtocolError
 from airflow_flux_redux.hooks._answers import raise_for_status
 from airflow_flux_redux.hooks._transport import ASYNC_CLIENTS, StreamsBusyError
 from airflow_flux_redux.models import QueueState, QueueStatus
-from airflow_flux_redux.wait import StreamUnsupportedError
+from airflow_flux_redux.wait import StreamUnsupportedError, WaitPolicy
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -79,3 +82,27 @@ async def open_stream(
     except StreamsBusyError as err:
         hint = '; the connection extra "http2": true multiplexes streams'
         raise StreamUnsupportedError(f"{err}{hint}", busy=True) from None
+
+
+# Per event loop and origin: the one ``auto`` wait finding out whether the origin serves the status stream.
+_PROBES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[bool | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def stream_probe(policy: WaitPolicy) -> asyncio.Future[bool | None] | None:
+    """Single flight: the first ``auto`` wait on an unknown origin tries the stream (it gets the future to
+    settle); the others wait for its answer instead of each opening a connection a relay would refuse."""
+    if not policy.must_probe:
+        return None
+    loop = asyncio.get_running_loop()
+    probes = _PROBES.setdefault(loop, {})
+    while True:
+        pending = probes.get(policy.origin)
+        if pending is None or (pending.done() and pending.result() is None):
+            probes[policy.origin] = loop.create_future()
+            return probes[policy.origin]
+        await asyncio.shield(pending)
+        policy.refresh()
+        if not policy.must_probe:
+            return None

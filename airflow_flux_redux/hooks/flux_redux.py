@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import os
 import time
-import weakref
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import httpx
@@ -42,7 +41,7 @@ from airflow_flux_redux.hooks._downloads import DownloadCheck, ImageDownload, fi
 from airflow_flux_redux.hooks._retry import acall_with_retries, call_with_retries
 from airflow_flux_redux.hooks._settings import _SETTINGS_CACHE, SETTINGS_TTL, FluxReduxSettings
 from airflow_flux_redux.hooks._settings import DEFAULT_BASE_URL as DEFAULT_BASE_URL
-from airflow_flux_redux.hooks._stream import open_stream, read_statuses, stream_url
+from airflow_flux_redux.hooks._stream import open_stream, read_statuses, stream_probe, stream_url
 from airflow_flux_redux.hooks._transport import ASYNC_CLIENTS, _client_kwargs, _Reply
 from airflow_flux_redux.models import (
     FluxReduxRequest,
@@ -430,7 +429,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         while True:
             try:
                 if policy.use_stream:
-                    probe = await _stream_probe(policy)
+                    probe = await stream_probe(policy)
                     if policy.use_stream:
                         return await self._follow_stream(handle, policy, probe)
                 status = await self.status(handle, logs=policy.logs)
@@ -492,30 +491,6 @@ def _wait_policy(
         mode=mode,
         on_status=on_status,
     )
-
-
-# Per event loop and origin: the one ``auto`` wait finding out whether the origin serves the status stream.
-_PROBES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Future[bool | None]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def _stream_probe(policy: WaitPolicy) -> asyncio.Future[bool | None] | None:
-    """Single flight: the first ``auto`` wait on an unknown origin tries the stream (it gets the future to
-    settle); the others wait for its answer instead of each opening a connection a relay would refuse."""
-    if not policy.must_probe:
-        return None
-    loop = asyncio.get_running_loop()
-    probes = _PROBES.setdefault(loop, {})
-    while True:
-        pending = probes.get(policy.origin)
-        if pending is None or (pending.done() and pending.result() is None):
-            probes[policy.origin] = loop.create_future()
-            return probes[policy.origin]
-        await asyncio.shield(pending)
-        policy.refresh()
-        if not policy.must_probe:
-            return None
 
 
 def _being_cancelled() -> bool:
