@@ -281,6 +281,11 @@ class FluxReduxHook(_FluxReduxHookBase):
 class FluxReduxAsyncHook(_FluxReduxHookBase):
     """The async twin for triggers: same methods, awaited; clients shared per event loop and connection."""
 
+    @staticmethod
+    async def aclose_loop_clients() -> None:
+        """Close the pooled clients of the running loop (a short-lived loop, such as a worker's wait, ends)."""
+        await ASYNC_CLIENTS.aclose()
+
     async def aget_settings(self) -> FluxReduxSettings:
         if self._settings is None:
             self._settings = await self._shared_settings()

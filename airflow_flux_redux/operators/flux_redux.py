@@ -28,7 +28,6 @@ from airflow_flux_redux.exceptions import (
     FluxReduxSubmitUncertainError,
     error_from_dict,
 )
-from airflow_flux_redux.hooks._transport import ASYNC_CLIENTS
 from airflow_flux_redux.hooks.flux_redux import FluxReduxAsyncHook, FluxReduxHook
 from airflow_flux_redux.inputs import input_image_url
 from airflow_flux_redux.links import FIRST_IMAGE_ATTR, XCOM_IMAGE_URL, XCOM_REQUEST_ID, XCOM_STATUS_URL, operator_links
@@ -324,7 +323,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             try:
                 return await hook.follow(handle, policy)
             finally:
-                await ASYNC_CLIENTS.aclose()
+                await hook.aclose_loop_clients()
 
         return asyncio.run(follow())
 
