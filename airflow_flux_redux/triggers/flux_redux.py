@@ -77,7 +77,7 @@ class FluxReduxTrigger(BaseTrigger):
     :param flux_redux_conn_id: The Airflow connection to use.
     :param poll_interval: Seconds between status polls.
     :param wait_mode: ``auto`` (the default: the status stream, polling where it is not served or where it
-        would need one more HTTP/1.1 connection past ``MAX_HTTP1_STREAMS``), ``stream`` (Server-Sent Events
+        would need one more HTTP/1.1 connection past ``MAX_STREAMS``), ``stream`` (Server-Sent Events
         only) or ``poll``. The stream sees a change within milliseconds (see benchmarks/README.md).
     :param forward_logs: Log queue position changes and fal's log lines (they show in the task log).
     :param cancel_on_kill: Cancel the remote job when a user marks the deferred task failed/success or clears it.
