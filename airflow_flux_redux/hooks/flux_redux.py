@@ -448,10 +448,12 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
                     probe = await stream_probe(policy)
                     if policy.use_stream:
                         return await self._follow_stream(handle, policy, probe)
-                status = await self.status(handle, logs=policy.logs)
-                if policy.seen(status):
-                    return status
-                delay = policy.next_delay(status)
+                    delay = policy.first_delay()  # another wait found no stream here: poll, spread out
+                else:
+                    status = await self.status(handle, logs=policy.logs)
+                    if policy.seen(status):
+                        return status
+                    delay = policy.next_delay(status)
             except TOLERATED as err:
                 delay = policy.failed(err)
             await asyncio.sleep(policy.sleep_for(delay))
