@@ -186,3 +186,76 @@ def test_example_a_through_a_relay_with_fals_urls_defers_and_resumes_from_the_ev
     assert "deferring" in log, log[-4000:]
     assert stats["submissions"] == 1 and stats["requests_by_route"]["status"] >= 2
     assert API_KEY not in without_airflow_30_mask_requests(log)
+
+
+def write_photos(folder: Path) -> dict[str, Path]:
+    """Three photos, one per orientation, for the TaskFlow example."""
+    from airflow_flux_redux.emulator.images import sample_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = {"wide": (96, 64), "tall": (64, 96), "even": (64, 64)}
+    paths = {}
+    for name, (width, height) in photos.items():
+        paths[name] = folder / f"{name}.png"
+        paths[name].write_bytes(sample_image(width, height))
+    return paths
+
+
+def test_taskflow_example_maps_the_decorated_task_and_reads_the_images_downstream(
+    airflow_home, flux_conn, tmp_path
+) -> None:
+    """List photos -> ``@task.flux_redux`` mapped over them (size by orientation) -> a task reading the files."""
+    from PIL import Image
+
+    write_photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    env = {
+        **airflow_home,
+        "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": connection_json(flux_conn.url),
+        "FLUX_REDUX_TASKFLOW_PHOTOS": str(tmp_path / "photos"),
+        "FLUX_REDUX_EXAMPLE_OUTPUT": str(out),
+    }
+    run = dags_test(env, "example_flux_redux_taskflow")
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    (folder,) = (out / "taskflow").iterdir()
+    sizes = {}
+    for path in folder.glob("*_0.jpg"):
+        with Image.open(path) as image:
+            sizes[path.name] = image.size
+    assert sizes == {"wide_0.jpg": (1024, 768), "tall_0.jpg": (768, 1024), "even_0.jpg": (512, 512)}, log[-4000:]
+    with Image.open(folder / "contact_sheet.png") as sheet:
+        assert sheet.size == (3 * 128, 128)  # the downstream task read all three back
+    assert flux_conn.stats()["submissions"] == 3
+    assert log.count("asking for landscape_4_3") == 1 and "read " in log, log[-4000:]
+    assert API_KEY not in without_airflow_30_mask_requests(log)
+
+
+def test_taskflow_example_defers_and_resumes_without_running_the_function_again(airflow_home, tmp_path) -> None:
+    """A job longer than the in-worker window: the mapped decorated task defers, ``dags test`` resumes it from the
+    event alone (a fresh instance), and the function that built the request runs once."""
+    from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer
+    from airflow_flux_redux.operators.flux_redux import DEFAULT_DEFER_AFTER
+
+    photos = write_photos(tmp_path / "photos")
+    photos["tall"].unlink()
+    photos["even"].unlink()
+    out = tmp_path / "out"
+    config = EmulatorConfig(key=API_KEY, queue_seconds=1.0, run_seconds=DEFAULT_DEFER_AFTER + 1)
+    with EmulatorServer(config) as emulator:
+        env = {
+            **airflow_home,
+            "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": connection_json(emulator.url),
+            "AIRFLOW__FLUX_REDUX__DEFER_EVENT_HOLD": "0",  # dags test runs the trigger inline: no race to hold off
+            "FLUX_REDUX_TASKFLOW_PHOTOS": str(tmp_path / "photos"),
+            "FLUX_REDUX_EXAMPLE_OUTPUT": str(out),
+        }
+        run = dags_test(env, "example_flux_redux_taskflow")
+        stats = emulator.stats()
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert "deferring" in log, log[-4000:]
+    (folder,) = (out / "taskflow").iterdir()
+    assert sorted(path.name for path in folder.iterdir()) == ["contact_sheet.png", "wide_0.jpg"], log[-4000:]
+    assert log.count("wide.png is 96x64: asking for landscape_4_3") == 1, log[-4000:]
+    assert stats["submissions"] == 1
