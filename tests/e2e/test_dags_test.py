@@ -259,3 +259,48 @@ def test_taskflow_example_defers_and_resumes_without_running_the_function_again(
     assert sorted(path.name for path in folder.iterdir()) == ["contact_sheet.png", "wide_0.jpg"], log[-4000:]
     assert log.count("wide.png is 96x64: asking for landscape_4_3") == 1, log[-4000:]
     assert stats["submissions"] == 1
+
+
+# What the gallery lists for the newest run of a DAG, read from the metadata DB the run wrote (Airflow 3.1+).
+GALLERY_PROBE = """
+import json, sys
+from sqlalchemy import select
+from airflow.models.dagrun import DagRun
+from airflow.utils.session import create_session
+from airflow_flux_redux.gallery.store import run_gallery
+with create_session() as session:
+    run = session.scalars(select(DagRun).where(DagRun.dag_id == sys.argv[1]).order_by(DagRun.id.desc())).first()
+    records = run_gallery(session, run.dag_id, run.run_id).records
+    print(json.dumps([[r.task_id, r.map_index, r.state, r.request_id is not None] for r in records]))
+"""
+
+
+def test_taskflow_example_a_function_that_raises_fails_its_own_mapped_task(airflow_home, flux_conn, tmp_path) -> None:
+    """A photo that is no image makes the decorated function raise: that mapped task fails before any request, the
+    other one succeeds, and the gallery lists both (the failed one has no request id to be found by)."""
+    from airflow_flux_redux.gallery import GALLERY_AVAILABLE
+
+    photos = write_photos(tmp_path / "photos")
+    photos["tall"].unlink()
+    photos["even"].write_bytes(b"not an image at all")
+    env = {
+        **airflow_home,
+        "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": connection_json(flux_conn.url),
+        "FLUX_REDUX_TASKFLOW_PHOTOS": str(tmp_path / "photos"),
+        "FLUX_REDUX_EXAMPLE_OUTPUT": str(tmp_path / "out"),
+    }
+    run = dags_test(env, "example_flux_redux_taskflow")
+    log = run.stdout + run.stderr
+    assert "UnidentifiedImageError" in log, log[-4000:]
+    assert flux_conn.stats()["submissions"] == 1
+    assert [path.name for path in (tmp_path / "out").rglob("*.jpg")] == ["wide_0.jpg"], log[-4000:]
+    if GALLERY_AVAILABLE:
+        probe = subprocess.run(
+            [sys.executable, "-c", GALLERY_PROBE, "example_flux_redux_taskflow"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        listed = json.loads(probe.stdout.strip().splitlines()[-1])
+        assert listed == [["vary", 0, "failed", False], ["vary", 1, "success", True]], probe.stderr[-2000:]
