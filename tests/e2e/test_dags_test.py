@@ -204,9 +204,12 @@ def write_photos(folder: Path) -> dict[str, Path]:
 def test_taskflow_example_maps_the_decorated_task_and_reads_the_images_downstream(
     airflow_home, flux_conn, tmp_path
 ) -> None:
-    """List photos -> ``@task.flux_redux`` mapped over them (size by orientation) -> a task reading the files."""
+    """List photos -> ``@task.flux_redux`` mapped over them (size by orientation) -> a task reading the files.
+
+    Real schnell timing (0.5 s queue, 1.5 s run): each job finishes inside the in-worker window."""
     from PIL import Image
 
+    flux_conn.configure(queue_seconds=0.5, run_seconds=1.5)
     write_photos(tmp_path / "photos")
     out = tmp_path / "out"
     env = {
@@ -228,6 +231,7 @@ def test_taskflow_example_maps_the_decorated_task_and_reads_the_images_downstrea
         assert sheet.size == (3 * 128, 128)  # the downstream task read all three back
     assert flux_conn.stats()["submissions"] == 3
     assert log.count("asking for landscape_4_3") == 1 and "read " in log, log[-4000:]
+    assert "deferring" not in log, log[-4000:]
     assert API_KEY not in without_airflow_30_mask_requests(log)
 
 
