@@ -78,8 +78,9 @@ class _FluxReduxDecoratedOperator(DecoratedOperator, FluxReduxOperator):
         kwargs = determine_kwargs(self.python_callable, self.op_args, context)
         for name, value in request_fields(self.python_callable(*self.op_args, **kwargs)).items():
             setattr(self, name, value)
-        # The task's rendered fields then show what the function returned, not the placeholder. Only this
-        # instance's: one resumed from the trigger never ran the function, and keeps what this one recorded.
+        # Airflow 3 then records the rendered fields again when this try ends or defers: the task shows what the
+        # function returned, not the placeholder. Not on a resumed instance (the class default stays False): it never
+        # ran the function, and Airflow has already rendered its fields, placeholder included, when it resumed.
         self.overwrite_rtif_after_execution = True
         # DecoratedOperator.execute, then FluxReduxOperator.execute, which validates before any network call.
         return super().execute(context)

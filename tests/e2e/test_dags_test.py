@@ -11,10 +11,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from airflow_flux_redux.version_compat import AIRFLOW_VERSION
+from airflow_flux_redux.version_compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_VERSION
 from tests.conftest import API_KEY, connection_json
 
 pytestmark = pytest.mark.airflow
@@ -233,6 +234,12 @@ def test_taskflow_example_maps_the_decorated_task_and_reads_the_images_downstrea
     assert log.count("asking for landscape_4_3") == 1 and "read " in log, log[-4000:]
     assert "deferring" not in log, log[-4000:]
     assert API_KEY not in without_airflow_30_mask_requests(log)
+    if AIRFLOW_V_3_0_PLUS:
+        # The Rendered Templates view shows what the function returned (Airflow 3 records the fields again at the
+        # end of the try), not the "set during execution" placeholder.
+        rendered = probe_db(env, RENDERED_PROBE, "example_flux_redux_taskflow")
+        by_input = {Path(fields["image_url"]).name: fields["image_size"] for fields in rendered}
+        assert by_input == {"wide.png": "landscape_4_3", "tall.png": "portrait_4_3", "even.png": "square"}, rendered
 
 
 def test_taskflow_example_defers_and_resumes_without_running_the_function_again(airflow_home, tmp_path) -> None:
@@ -264,6 +271,29 @@ def test_taskflow_example_defers_and_resumes_without_running_the_function_again(
     assert log.count("wide.png is 96x64: asking for landscape_4_3") == 1, log[-4000:]
     assert stats["submissions"] == 1
 
+
+def probe_db(env: dict[str, str], code: str, dag_id: str) -> Any:
+    """What ``code`` prints (JSON, last line) about the newest run of ``dag_id``, read from the run's metadata DB."""
+    probe = subprocess.run(
+        [sys.executable, "-c", code, dag_id], env=env, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    return json.loads(probe.stdout.strip().splitlines()[-1])
+
+
+# The rendered template fields of each mapped "vary" task of the newest run of a DAG.
+RENDERED_PROBE = """
+import json, sys
+from sqlalchemy import select
+from airflow.models.dagrun import DagRun
+from airflow.models.renderedtifields import RenderedTaskInstanceFields as RTIF
+from airflow.utils.session import create_session
+with create_session() as session:
+    run = session.scalars(select(DagRun).where(DagRun.dag_id == sys.argv[1]).order_by(DagRun.id.desc())).first()
+    where = (RTIF.dag_id == run.dag_id, RTIF.run_id == run.run_id, RTIF.task_id == "vary")
+    rows = session.scalars(select(RTIF).where(*where))
+    print(json.dumps([row.rendered_fields for row in rows], default=str))
+"""
 
 # What the gallery lists for the newest run of a DAG, read from the metadata DB the run wrote (Airflow 3.1+).
 GALLERY_PROBE = """
@@ -299,12 +329,5 @@ def test_taskflow_example_a_function_that_raises_fails_its_own_mapped_task(airfl
     assert flux_conn.stats()["submissions"] == 1
     assert [path.name for path in (tmp_path / "out").rglob("*.jpg")] == ["wide_0.jpg"], log[-4000:]
     if GALLERY_AVAILABLE:
-        probe = subprocess.run(
-            [sys.executable, "-c", GALLERY_PROBE, "example_flux_redux_taskflow"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        listed = json.loads(probe.stdout.strip().splitlines()[-1])
-        assert listed == [["vary", 0, "failed", False], ["vary", 1, "success", True]], probe.stderr[-2000:]
+        listed = probe_db(env, GALLERY_PROBE, "example_flux_redux_taskflow")
+        assert listed == [["vary", 0, "failed", False], ["vary", 1, "success", True]], listed
