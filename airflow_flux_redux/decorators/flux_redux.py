@@ -24,6 +24,7 @@ from airflow.providers.common.compat.sdk import (
 from airflow_flux_redux.exceptions import InvalidRequestError
 from airflow_flux_redux.models import FluxReduxRequest
 from airflow_flux_redux.operators.flux_redux import FluxReduxOperator
+from airflow_flux_redux.version_compat import DECORATED_OPERATOR_READS_XCOM_PUSH
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
@@ -84,6 +85,12 @@ class _FluxReduxDecoratedOperator(DecoratedOperator, FluxReduxOperator):
         self.overwrite_rtif_after_execution = True
         # DecoratedOperator.execute, then FluxReduxOperator.execute, which validates before any network call.
         return super().execute(context)
+
+    if DECORATED_OPERATOR_READS_XCOM_PUSH:
+
+        def xcom_push(self, context: Context, key: str, value: Any) -> None:
+            """Airflow 3.0's ``DecoratedOperator.execute`` looks this up (``version_compat``); it pushes as the task."""
+            context["ti"].xcom_push(key=key, value=value)
 
 
 def request_fields(returned: Any) -> dict[str, Any]:
