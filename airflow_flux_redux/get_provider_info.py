@@ -39,6 +39,12 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_flux_redux.triggers.flux_redux"],
             }
         ],
+        "task-decorators": [
+            {
+                "name": "flux_redux",
+                "class-name": "airflow_flux_redux.decorators.flux_redux.flux_redux_task",
+            }
+        ],
         "extra-links": [
             "airflow_flux_redux.links.FluxReduxGalleryLink",
             "airflow_flux_redux.links.FluxReduxImageLink",

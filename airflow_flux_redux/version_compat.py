@@ -26,6 +26,11 @@ AIRFLOW_VERSION = get_base_airflow_version_tuple()
 AIRFLOW_V_3_0_PLUS = AIRFLOW_VERSION >= (3, 0, 0)
 AIRFLOW_V_3_3_PLUS = AIRFLOW_VERSION >= (3, 3, 0)
 
+#: Airflow 3.0's ``DecoratedOperator.execute`` reads ``self.xcom_push`` (and ignores it), which the Task SDK's
+#: BaseOperator lacks (apache/airflow#53077): a decorated operator built on it must supply one there. 3.1 dropped
+#: the read; Airflow 2's BaseOperator has the method.
+DECORATED_OPERATOR_READS_XCOM_PUSH = (3, 0, 0) <= AIRFLOW_VERSION < (3, 1, 0)
+
 #: ``ResumableJobMixin`` with its ``task_state_store`` (Airflow 3.3+): a retry reconnects to the submitted job.
 #: Below 3.3 common-compat's stand-in submits on every try.
 HAS_TASK_STATE_STORE = AIRFLOW_V_3_3_PLUS

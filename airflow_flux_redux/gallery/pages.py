@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from airflow_flux_redux.gallery.records import (
-    OPERATOR,
+    OPERATORS,
     Cost,
     Gallery,
     ImageView,
@@ -187,8 +187,11 @@ def _cost(cost: Cost) -> str:
 
 
 def task_page(root: str, record: TaskRecord) -> str:
-    if record.request_id is None and record.result is None and record.operator not in (None, OPERATOR):
-        note = f"{escape(record.label)} is a {escape(record.operator or '')}: this tab shows FluxReduxOperator tasks."
+    if record.request_id is None and record.result is None and record.operator not in (None, *OPERATORS):
+        note = (
+            f"{escape(record.label)} is a {escape(record.operator or '')}: this tab shows FluxReduxOperator "
+            "and @task.flux_redux tasks."
+        )
         return _page("FLUX Redux", f'<p class="muted" data-role="not-ours">{note}</p>')
     urls = Urls(root, record)
     result = record.result

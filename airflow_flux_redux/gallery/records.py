@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from datetime import datetime
 
 
-#: The operator class the gallery is about (a task instance row names its operator's class).
-OPERATOR = "FluxReduxOperator"
+#: The operator classes the gallery is about (a task instance row names its operator's class): the operator and
+#: the one behind ``@task.flux_redux``.
+OPERATORS = ("FluxReduxOperator", "_FluxReduxDecoratedOperator")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from airflow.models.xcom import XComModel
 from sqlalchemy import select
 
 from airflow_flux_redux.gallery.failures import failure_type
-from airflow_flux_redux.gallery.records import OPERATOR, Gallery, TaskRecord, gallery
+from airflow_flux_redux.gallery.records import OPERATORS, Gallery, TaskRecord, gallery
 from airflow_flux_redux.links import XCOM_REQUEST_ID
 
 if TYPE_CHECKING:
@@ -71,5 +71,7 @@ def run_gallery(session: Session, dag_id: str, run_id: str) -> Gallery:
     tis = session.scalars(
         select(TaskInstance).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
     ).all()
-    ours = [ti for ti in tis if ti.operator == OPERATOR or XCOM_REQUEST_ID in xcoms.get((ti.task_id, ti.map_index), {})]
+    ours = [
+        ti for ti in tis if ti.operator in OPERATORS or XCOM_REQUEST_ID in xcoms.get((ti.task_id, ti.map_index), {})
+    ]
     return gallery(_record(ti, xcoms.get((ti.task_id, ti.map_index), {})) for ti in ours)

@@ -51,6 +51,8 @@ from airflow_flux_redux.version_compat import DEFER_EVENT_HOLD, log_degraded_fea
 from airflow_flux_redux.wait import StatusReporter, WaitMode, WaitPolicy, raise_if_failed
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from airflow.providers.common.compat.sdk import Context
     from pydantic import JsonValue
 
@@ -117,7 +119,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     give; templated ones when the task runs.
     """
 
-    template_fields = (
+    template_fields: Sequence[str] = (
         "image_url",
         "image_size",
         "num_inference_steps",
@@ -230,7 +232,9 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         if output is None and self._handle is not None and self._result is not None:
             # On reconnect, ResumableJobMixin (Airflow 3.3.2) returns poll_until_complete()'s None and never
             # calls get_job_result(): finish here, or the retry would save no image and return nothing.
-            return self._finish(context, self._handle, self._result, metrics=self._metrics)
+            return self._finish(
+                context, self._handle, self._result, metrics=self._metrics, reference=input_reference(self.image_url)
+            )
         return output
 
     def submit_job(self, context: Context) -> JsonValue:
@@ -299,6 +303,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
                 wait_mode=self.wait_mode,
                 cancel_on_kill=self.cancel_on_kill,
                 not_before=_not_before(),
+                input_reference=input_reference(self.image_url),
             ),
             method_name="execute_complete",
             timeout=None,
@@ -337,7 +342,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             # A rerun found its finished job, but fal no longer keeps the result: this run needs a new job.
             self.log.warning("The result of finished request %s has expired; submitting anew.", handle.request_id)
             return self._submit_anew(context)
-        return self._finish(context, handle, result, metrics=self._metrics)
+        return self._finish(context, handle, result, metrics=self._metrics, reference=input_reference(self.image_url))
 
     def _submit_anew(self, context: Context) -> dict[str, Any]:
         external_id = self.submit_job(context)
@@ -350,7 +355,11 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     # -- resuming from the trigger -------------------------------------------------------------------------
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume from the trigger's event (which carries everything: ``dags test`` drops defer kwargs)."""
+        """Resume from the trigger's event (which carries everything: ``dags test`` drops defer kwargs).
+
+        The input reference comes from the event too: a ``@task.flux_redux`` task's input is what its function
+        returned in the try that deferred, and this fresh instance does not run the function again.
+        """
         if not isinstance(event, dict) or "handle" not in event or "status" not in event:
             raise FluxReduxProtocolError(f"The trigger sent an event this operator does not understand: {event!r}")
         handle = QueueHandle.from_dict(event["handle"])
@@ -360,14 +369,16 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             raise error_from_dict(event.get("error") or {"message": event.get("message"), "fields": {}})
         payload = event.get("result")
         result = ReduxResult.model_validate(payload) if payload else self.hook.result(handle)
-        return self._finish(context, handle, result, metrics=event.get("metrics") or {})
+        reference = event.get("input") or input_reference(self.image_url)
+        return self._finish(context, handle, result, metrics=event.get("metrics") or {}, reference=reference)
 
     def _finish(
-        self, context: Context, handle: QueueHandle, result: ReduxResult, *, metrics: dict[str, Any]
+        self, context: Context, handle: QueueHandle, result: ReduxResult, *, metrics: dict[str, Any], reference: str
     ) -> dict[str, Any]:
+        """Save the images and build the XCom result; ``reference`` is the input as the result names it."""
         images: list[dict[str, Any]] = []
         for index, image in enumerate(result.images):
-            saved = self._save(handle.request_id, index, image.url)
+            saved = self._save(handle.request_id, index, image.url, reference)
             images.append(
                 {
                     "url": None if image.url.startswith("data:") else image.url,
@@ -382,7 +393,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             )
         output = {
             "request_id": handle.request_id,
-            "input": input_reference(self.image_url),
+            "input": reference,
             "images": images,
             "seed": result.seed,
             "has_nsfw_concepts": result.has_nsfw_concepts,
@@ -395,7 +406,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         if first_link:
             context["ti"].xcom_push(key=XCOM_IMAGE_URL, value=first_link)
             setattr(self, FIRST_IMAGE_ATTR, first_link)
-        self._lineage = ([str(self.image_url)], [image["path"] or image["url"] for image in images])
+        self._lineage = ([reference], [image["path"] or image["url"] for image in images])
         self.log.info(
             "Request %s done: %d image(s)%s",
             handle.request_id,
@@ -404,13 +415,13 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         )
         return output
 
-    def _save(self, request_id: str, index: int, url: str) -> ObjectStoragePath | None:
+    def _save(self, request_id: str, index: int, url: str, reference: str) -> ObjectStoragePath | None:
         """Stream one image to ``output_path`` under the name ``output_name`` makes (never the server's), if asked."""
         if not self.output_path:
             return None
         folder = ObjectStoragePath(str(self.output_path))
         folder.mkdir(parents=True, exist_ok=True)
-        name = output_file_name(self.output_name, request_id=request_id, index=index, image_url=self.image_url)
+        name = output_file_name(self.output_name, request_id=request_id, index=index, image_url=reference)
         if url.startswith("data:"):
             content_type, data = _decode_data_uri(url, self.max_image_bytes)
             target = folder / f"{name}.{_EXTENSIONS[content_type]}"

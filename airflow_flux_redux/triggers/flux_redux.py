@@ -49,11 +49,12 @@ def event_payload(
     error: FluxReduxError | None = None,
     metrics: dict[str, Any] | None = None,
     result: dict[str, Any] | None = None,
+    input_reference: str | None = None,
 ) -> dict[str, Any]:
     """The one shape of every event: all the resume needs, since ``airflow dags test`` drops defer kwargs.
 
     ``handle`` is the queue handle's one dict shape; ``error`` is the error's ``to_dict()``, which the
-    operator raises again as the same class with the same fields.
+    operator raises again as the same class with the same fields; ``input`` is the task's input reference.
     """
     return {
         "status": _event_status(error),
@@ -62,6 +63,7 @@ def event_payload(
         "error": error.to_dict() if error is not None else None,
         "metrics": metrics or {},
         "result": result,
+        "input": input_reference,
     }
 
 
@@ -85,6 +87,9 @@ class FluxReduxTrigger(BaseTrigger):
     :param not_before: Absolute (epoch) time before which no event fires (held, not lost): works around
         Airflow's race between a fast trigger event and the deferring worker's exit report
         (apache/airflow#72716, #71580); see ``version_compat.DEFER_EVENT_HOLD``.
+    :param input_reference: The task's input as its XCom result names it (``_output.input_reference``: a
+        ``data:`` URI shortened to its header), echoed in the event: a ``@task.flux_redux`` task learns its
+        input from its function, which the resumed instance does not run again.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class FluxReduxTrigger(BaseTrigger):
         cancel_on_kill: bool = True,
         max_consecutive_errors: int = 5,
         not_before: float | None = None,
+        input_reference: str | None = None,
     ) -> None:
         super().__init__()
         self.handle = QueueHandle.from_dict(handle)
@@ -110,6 +116,7 @@ class FluxReduxTrigger(BaseTrigger):
         self.cancel_on_kill = cancel_on_kill
         self.max_consecutive_errors = max_consecutive_errors
         self.not_before = None if not_before is None else float(not_before)
+        self.input_reference = input_reference
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -124,6 +131,7 @@ class FluxReduxTrigger(BaseTrigger):
                 "cancel_on_kill": self.cancel_on_kill,
                 "max_consecutive_errors": self.max_consecutive_errors,
                 "not_before": self.not_before,
+                "input_reference": self.input_reference,
             },
         )
 
@@ -148,12 +156,12 @@ class FluxReduxTrigger(BaseTrigger):
             assert final is not None  # no window: a status or an error
             event = await self._finish(hook, handle, final)
         except FluxReduxError as err:
-            event = event_payload(handle, error=err)
+            event = event_payload(handle, error=err, input_reference=self.input_reference)
         except Exception as err:
             # Never die without an event: the task would wait for nothing until someone notices.
             self.log.exception("Unexpected error waiting on %s", handle.request_id)
             error = FluxReduxError(f"{type(err).__name__} while waiting: {err}", request_id=handle.request_id)
-            event = event_payload(handle, error=error)
+            event = event_payload(handle, error=error, input_reference=self.input_reference)
         await self._hold()
         yield TriggerEvent(event)
 
@@ -177,13 +185,19 @@ class FluxReduxTrigger(BaseTrigger):
         except FluxReduxTransportError as err:
             # The job succeeded; the worker fetches the result itself rather than failing a paid job.
             message = f"Request {handle.request_id} completed; its result could not be fetched here ({err})."
-            return event_payload(handle, message, metrics=final.metrics)
+            return event_payload(handle, message, metrics=final.metrics, input_reference=self.input_reference)
         except FluxReduxError as err:
-            return event_payload(handle, error=err, metrics=final.metrics)
+            return event_payload(handle, error=err, metrics=final.metrics, input_reference=self.input_reference)
         body = result.model_dump(mode="json")
         fits = len(json.dumps(body)) <= MAX_EVENT_RESULT_BYTES
         message = f"Request {handle.request_id} completed with {len(result.images)} image(s)."
-        return event_payload(handle, message, metrics=final.metrics, result=body if fits else None)
+        return event_payload(
+            handle,
+            message,
+            metrics=final.metrics,
+            result=body if fits else None,
+            input_reference=self.input_reference,
+        )
 
     async def on_kill(self) -> None:
         """Cancel the remote job when a user really stopped the task (not when a stale triggerer woke up).

@@ -786,6 +786,10 @@ def first_time(entries: list[dict[str, Any]], needle: str) -> float | None:
 # -- one deployment per test session ---------------------------------------------------------------------------
 
 
+#: The photos of the TaskFlow example in the shared deployment: name -> (width, height).
+TASKFLOW_PHOTOS = {"beach": (96, 64), "harbour": (120, 80), "tower": (64, 96), "tile": (64, 64)}
+
+
 class Session:
     """What the standalone tests share: the emulator, the deployment, the example input and a timing record."""
 
@@ -798,6 +802,11 @@ class Session:
         self.mapped = mapped
         self.image = root / "input.png"
         self.image.write_bytes(sample_image(96, 64))
+        # The TaskFlow example's photos: two wide, one tall, one square (its size follows the orientation).
+        self.photos = root / "photos"
+        self.photos.mkdir()
+        for name, (width, height) in TASKFLOW_PHOTOS.items():
+            (self.photos / f"{name}.png").write_bytes(sample_image(width, height))
         self.output = root / "out"
         self.timings_path = root / "standalone-timings.json"
         self.timings: dict[str, Any] = {"tests": {}, "jobs": {}}
@@ -809,14 +818,24 @@ class Session:
         try:
             self.deployment = Deployment(
                 root / "deployment",
-                dag_files=[ROOT / "dags_examples" / "example_flux_redux.py", *sorted(E2E_DAGS.glob("*.py"))],
+                dag_files=[
+                    ROOT / "dags_examples" / "example_flux_redux.py",
+                    ROOT / "dags_examples" / "example_flux_redux_taskflow.py",
+                    *sorted(E2E_DAGS.glob("*.py")),
+                ],
                 env={
                     "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": connection(self.emulator.url),
                     "FLUX_REDUX_EXAMPLE_IMAGE": str(self.image),
                     "FLUX_REDUX_EXAMPLE_OUTPUT": str(self.output),
                     "FLUX_REDUX_E2E_MAPPED": str(mapped),
+                    "FLUX_REDUX_TASKFLOW_PHOTOS": str(self.photos),
                 },
-                dag_ids=["example_flux_redux", "e2e_flux_redux_sync_retry", "e2e_flux_redux_mapped"],
+                dag_ids=[
+                    "example_flux_redux",
+                    "example_flux_redux_taskflow",
+                    "e2e_flux_redux_sync_retry",
+                    "e2e_flux_redux_mapped",
+                ],
             )
             self.deployment.start()
         except BaseException:

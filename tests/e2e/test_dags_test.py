@@ -11,10 +11,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from airflow_flux_redux.version_compat import AIRFLOW_VERSION
+from airflow_flux_redux.version_compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_VERSION
 from tests.conftest import API_KEY, connection_json
 
 pytestmark = pytest.mark.airflow
@@ -227,3 +228,147 @@ def test_example_a_behind_a_proxy_sends_every_request_through_it(airflow_home, t
     assert len(seen) == sum(stats["requests_by_route"].values()), (seen, stats["requests_by_route"])
     assert all("//fal-gw.internal:" in target for target in seen), seen
     assert seen[0].startswith("POST ") and sum(t.endswith(".png") for t in seen) == 2
+
+
+def write_photos(folder: Path) -> dict[str, Path]:
+    """Three photos, one per orientation, for the TaskFlow example."""
+    from airflow_flux_redux.emulator.images import sample_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = {"wide": (96, 64), "tall": (64, 96), "even": (64, 64)}
+    paths = {}
+    for name, (width, height) in photos.items():
+        paths[name] = folder / f"{name}.png"
+        paths[name].write_bytes(sample_image(width, height))
+    return paths
+
+
+def test_taskflow_example_maps_the_decorated_task_and_reads_the_images_downstream(
+    airflow_home, flux_conn, tmp_path
+) -> None:
+    """List photos -> ``@task.flux_redux`` mapped over them (size by orientation) -> a task reading the files.
+
+    Real schnell timing (0.5 s queue, 1.5 s run): each job finishes inside the in-worker window."""
+    from PIL import Image
+
+    flux_conn.configure(queue_seconds=0.5, run_seconds=1.5)
+    write_photos(tmp_path / "photos")
+    out = tmp_path / "out"
+    env = {
+        **airflow_home,
+        "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": connection_json(flux_conn.url),
+        "FLUX_REDUX_TASKFLOW_PHOTOS": str(tmp_path / "photos"),
+        "FLUX_REDUX_EXAMPLE_OUTPUT": str(out),
+    }
+    run = dags_test(env, "example_flux_redux_taskflow")
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    (folder,) = (out / "taskflow").iterdir()
+    sizes = {}
+    for path in folder.glob("*_0.jpg"):
+        with Image.open(path) as image:
+            sizes[path.name] = image.size
+    assert sizes == {"wide_0.jpg": (1024, 768), "tall_0.jpg": (768, 1024), "even_0.jpg": (512, 512)}, log[-4000:]
+    with Image.open(folder / "contact_sheet.png") as sheet:
+        assert sheet.size == (3 * 128, 128)  # the downstream task read all three back
+    assert flux_conn.stats()["submissions"] == 3
+    assert log.count("asking for landscape_4_3") == 1 and "read " in log, log[-4000:]
+    assert "deferring" not in log, log[-4000:]
+    assert API_KEY not in without_airflow_30_mask_requests(log)
+    if AIRFLOW_V_3_0_PLUS:
+        # The Rendered Templates view shows what the function returned (Airflow 3 records the fields again at the
+        # end of the try), not the "set during execution" placeholder.
+        rendered = probe_db(env, RENDERED_PROBE, "example_flux_redux_taskflow")
+        by_input = {Path(fields["image_url"]).name: fields["image_size"] for fields in rendered}
+        assert by_input == {"wide.png": "landscape_4_3", "tall.png": "portrait_4_3", "even.png": "square"}, rendered
+
+
+def test_taskflow_example_defers_and_resumes_without_running_the_function_again(airflow_home, tmp_path) -> None:
+    """A job longer than the in-worker window: the mapped decorated task defers, ``dags test`` resumes it from the
+    event alone (a fresh instance), and the function that built the request runs once."""
+    from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer
+    from airflow_flux_redux.operators.flux_redux import DEFAULT_DEFER_AFTER
+
+    photos = write_photos(tmp_path / "photos")
+    photos["tall"].unlink()
+    photos["even"].unlink()
+    out = tmp_path / "out"
+    config = EmulatorConfig(key=API_KEY, queue_seconds=1.0, run_seconds=DEFAULT_DEFER_AFTER + 1)
+    with EmulatorServer(config) as emulator:
+        env = {
+            **airflow_home,
+            "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": connection_json(emulator.url),
+            "AIRFLOW__FLUX_REDUX__DEFER_EVENT_HOLD": "0",  # dags test runs the trigger inline: no race to hold off
+            "FLUX_REDUX_TASKFLOW_PHOTOS": str(tmp_path / "photos"),
+            "FLUX_REDUX_EXAMPLE_OUTPUT": str(out),
+        }
+        run = dags_test(env, "example_flux_redux_taskflow")
+        stats = emulator.stats()
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert "deferring" in log, log[-4000:]
+    (folder,) = (out / "taskflow").iterdir()
+    assert sorted(path.name for path in folder.iterdir()) == ["contact_sheet.png", "wide_0.jpg"], log[-4000:]
+    assert log.count("wide.png is 96x64: asking for landscape_4_3") == 1, log[-4000:]
+    assert stats["submissions"] == 1
+
+
+def probe_db(env: dict[str, str], code: str, dag_id: str) -> Any:
+    """What ``code`` prints (JSON, last line) about the newest run of ``dag_id``, read from the run's metadata DB."""
+    probe = subprocess.run(
+        [sys.executable, "-c", code, dag_id], env=env, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    return json.loads(probe.stdout.strip().splitlines()[-1])
+
+
+# The rendered template fields of each mapped "vary" task of the newest run of a DAG.
+RENDERED_PROBE = """
+import json, sys
+from sqlalchemy import select
+from airflow.models.dagrun import DagRun
+from airflow.models.renderedtifields import RenderedTaskInstanceFields as RTIF
+from airflow.utils.session import create_session
+with create_session() as session:
+    run = session.scalars(select(DagRun).where(DagRun.dag_id == sys.argv[1]).order_by(DagRun.id.desc())).first()
+    where = (RTIF.dag_id == run.dag_id, RTIF.run_id == run.run_id, RTIF.task_id == "vary")
+    rows = session.scalars(select(RTIF).where(*where))
+    print(json.dumps([row.rendered_fields for row in rows], default=str))
+"""
+
+# What the gallery lists for the newest run of a DAG, read from the metadata DB the run wrote (Airflow 3.1+).
+GALLERY_PROBE = """
+import json, sys
+from sqlalchemy import select
+from airflow.models.dagrun import DagRun
+from airflow.utils.session import create_session
+from airflow_flux_redux.gallery.store import run_gallery
+with create_session() as session:
+    run = session.scalars(select(DagRun).where(DagRun.dag_id == sys.argv[1]).order_by(DagRun.id.desc())).first()
+    records = run_gallery(session, run.dag_id, run.run_id).records
+    print(json.dumps([[r.task_id, r.map_index, r.state, r.request_id is not None] for r in records]))
+"""
+
+
+def test_taskflow_example_a_function_that_raises_fails_its_own_mapped_task(airflow_home, flux_conn, tmp_path) -> None:
+    """A photo that is no image makes the decorated function raise: that mapped task fails before any request, the
+    other one succeeds, and the gallery lists both (the failed one has no request id to be found by)."""
+    from airflow_flux_redux.gallery import GALLERY_AVAILABLE
+
+    photos = write_photos(tmp_path / "photos")
+    photos["tall"].unlink()
+    photos["even"].write_bytes(b"not an image at all")
+    env = {
+        **airflow_home,
+        "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": connection_json(flux_conn.url),
+        "FLUX_REDUX_TASKFLOW_PHOTOS": str(tmp_path / "photos"),
+        "FLUX_REDUX_EXAMPLE_OUTPUT": str(tmp_path / "out"),
+    }
+    run = dags_test(env, "example_flux_redux_taskflow")
+    log = run.stdout + run.stderr
+    assert "UnidentifiedImageError" in log, log[-4000:]
+    assert flux_conn.stats()["submissions"] == 1
+    assert [path.name for path in (tmp_path / "out").rglob("*.jpg")] == ["wide_0.jpg"], log[-4000:]
+    if GALLERY_AVAILABLE:
+        listed = probe_db(env, GALLERY_PROBE, "example_flux_redux_taskflow")
+        assert listed == [["vary", 0, "failed", False], ["vary", 1, "success", True]], listed

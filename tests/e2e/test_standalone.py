@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from airflow_flux_redux.operators.flux_redux import DEFAULT_DEFER_AFTER
 from tests.conftest import API_KEY
 from tests.e2e.standalone import (
+    TASKFLOW_PHOTOS,
     Session,
     check_images,
     start_deferred_run,
@@ -107,3 +109,30 @@ def test_triggerer_killed_mid_wait_new_triggerer_resumes(e2e: Session) -> None:
     log = d.task_log_text(DAG_ID, run_id, TASK_ID)
     assert API_KEY not in log
     e2e.record_jobs("triggerer_killed", [worker_slot_seconds(d.task_log(DAG_ID, run_id, TASK_ID), ti, d)])
+
+
+def test_taskflow_example_mapped_tasks_defer_and_resume_on_the_real_triggerer(e2e: Session) -> None:
+    """The TaskFlow example on PostgreSQL: four mapped ``@task.flux_redux`` tasks at once, each job longer than the
+    in-worker window, so each defers; the triggerer (which, unlike ``dags test``, keeps the defer kwargs) resumes
+    each as a fresh instance that does not run the function again; the downstream task reads the saved files."""
+    d = e2e.deployment
+    dag_id = "example_flux_redux_taskflow"
+    e2e.reset_emulator(queue_seconds=3.0, run_seconds=DEFAULT_DEFER_AFTER)
+    run_id = d.trigger(dag_id)
+    row = wait_trigger_running(e2e, dag_id, run_id, "vary", map_index=0)
+    assert row["kwargs"]["input_reference"] == str(e2e.photos / "beach.png")
+    assert API_KEY not in row["raw_kwargs"]
+
+    d.wait_run(dag_id, run_id, ["success"], timeout=180)
+    expected = {"beach": (1024, 768), "harbour": (1024, 768), "tile": (512, 512), "tower": (768, 1024)}
+    for index, name in enumerate(sorted(TASKFLOW_PHOTOS)):
+        result = d.xcom(dag_id, run_id, "vary", map_index=index)
+        assert result["input"] == str(e2e.photos / f"{name}.png")
+        check_images(result, count=1, size=expected[name])
+        log = d.task_log_text(dag_id, run_id, "vary", map_index=index)
+        assert "Pausing task as DEFERRED" in log, log[-3000:]
+        assert log.count(f"{name}.png is ") == 1, log[-3000:]  # the function's line: one run, none on resume
+        assert API_KEY not in log
+    sheet = d.xcom(dag_id, run_id, "contact_sheet")
+    assert sheet["images"] == 4 and Path(sheet["contact_sheet"]).is_file(), sheet
+    assert e2e.emulator.stats()["submissions"] == 4

@@ -36,3 +36,17 @@ def test_providers_manager_knows_the_connection_type() -> None:
 
     hooks = ProvidersManager().hooks
     assert hooks["flux_redux"].hook_class_name == "airflow_flux_redux.hooks.flux_redux.FluxReduxHook"
+
+
+def test_task_flux_redux_is_found_through_airflows_own_task_decorator() -> None:
+    """``@task.flux_redux`` after a plain install: ``airflow.sdk.task`` on Airflow 3, ``airflow.decorators`` on 2."""
+    from airflow_flux_redux.decorators.flux_redux import flux_redux_task
+    from airflow_flux_redux.version_compat import AIRFLOW_V_3_0_PLUS
+
+    if AIRFLOW_V_3_0_PLUS:
+        from airflow.sdk import task
+    else:
+        from airflow.decorators import task  # type: ignore[no-redef]
+    assert task.flux_redux is flux_redux_task
+    (entry,) = get_provider_info()["task-decorators"]
+    assert entry == {"name": "flux_redux", "class-name": "airflow_flux_redux.decorators.flux_redux.flux_redux_task"}
