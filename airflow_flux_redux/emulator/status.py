@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow_flux_redux.emulator import faults
 from airflow_flux_redux.emulator.lookup import job_for
@@ -79,10 +79,9 @@ async def _events(state: EmulatorState, call: Call, job: Job, disconnected: asyn
             keepalive_at = now + keepalive
         wake_at = min(job.next_change(now, logs, state.table.next_start(job, now)), keepalive_at)
         woken = asyncio.ensure_future(job.wakeup.wait())
+        waiters: set[asyncio.Future[Any]] = {disconnected, woken}
         try:
-            done, _ = await asyncio.wait(
-                {disconnected, woken}, timeout=max(0.0, wake_at - now), return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait(waiters, timeout=max(0.0, wake_at - now), return_when=asyncio.FIRST_COMPLETED)
         finally:
             woken.cancel()
         if disconnected in done:
