@@ -51,9 +51,12 @@ async def stream(state: EmulatorState, call: Call, prefix: str, job_id: str) -> 
     if job.wakeup is None:
         job.wakeup = asyncio.Event()
     disconnected = asyncio.ensure_future(call.wait_for_disconnect())
+    state.streams_open += 1
+    state.streams_open_peak = max(state.streams_open_peak, state.streams_open)
     try:
         await _events(state, call, job, disconnected)
     finally:
+        state.streams_open -= 1
         disconnected.cancel()
 
 
