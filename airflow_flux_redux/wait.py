@@ -17,8 +17,9 @@ the status URL): positions falling over time are the rate. The rule (``PollSched
   ``poll_interval`` and ``max_poll_interval`` (default 60 s): looks get denser as the start nears, and from
   2 x ``poll_interval`` before it the job is looked at every ``poll_interval``; so completion is seen
   within ``poll_interval`` (plus one request's time) when the estimate holds;
-- until some position has fallen, the rate is unknown: a queue that dispatched nothing for w seconds
-  dispatches in waves at least w apart, so the next look is w / 2 away (at least ``poll_interval``);
+- until some position has fallen, the rate is unknown: the queue may start any moment, at most
+  ``FASTEST_DRAIN`` jobs a second (40 one-second jobs at once, fal's largest self-serve limit, with room),
+  so a job at position p looks again after (p + 1) / ``FASTEST_DRAIN`` / 2 seconds (same bounds);
 - the status stream (``auto``) is opened only for a job that runs, is next in line, or is predicted to
   start within ``STREAM_LEAD`` x ``poll_interval`` (``WaitPolicy.stream_now``): deep-queued waits hold no
   connection, and the ones near the head see their start and end in milliseconds.
@@ -81,6 +82,10 @@ LOOK_FRACTION = 0.5
 STREAM_LEAD = 2.0
 # Seconds over which what the waits saw of a queue's pace fades (a new batch replaces an old estimate).
 DRAIN_MEMORY = 20.0
+DRAIN_MEMORY_SHORT = 3.0
+# Jobs per second no fal queue is assumed to beat before it is seen moving: 40 (the largest self-serve
+# limit) one-second jobs at once, with room to spare.
+FASTEST_DRAIN = 50.0
 TRUST_AHEAD = 2.0
 
 
@@ -130,20 +135,23 @@ class DrainRate:
     """How fast one queue drains (jobs dispatched per second), learnt from the positions every wait sees.
 
     Each wait reports how far its position fell between two looks (a start counts as falling past 0). The
-    rate is the fallen positions over the time watched, pooled over all waits, old looks fading over
-    ``DRAIN_MEMORY`` seconds, plus one job per second the queue has been watched (up to ``DRAIN_MEMORY``):
-    waits that look together all see the same few seconds, so their pooled time overstates what is known.
-    Until some position has fallen the rate is unknown: jobs start in waves (C at a time, every run time R),
-    and a queue that dispatched nothing in its first second is not yet known to be slow. Free of I/O;
-    times are ``time.monotonic()`` values.
+    rate is the fallen positions over the time watched, pooled over all waits, with old looks fading; of a
+    long memory (``DRAIN_MEMORY``) and a short one (``DRAIN_MEMORY_SHORT``) the faster pace counts, so a
+    queue that speeds up is followed within seconds, and one that slows down is looked at too often for a
+    while rather than too late. One job per second the queue has been watched (up to ``DRAIN_MEMORY``) is
+    added: waits that look together all see the same few seconds, so their pooled time overstates what is
+    known. Until some position has fallen the rate is unknown; when the queue first moves, the time it
+    stood still is dropped (a look that began before counts only from the last look that saw it still), or
+    its first waves would look slow. Free of I/O; times are ``time.monotonic()`` values.
     """
 
-    __slots__ = ("_at", "_fallen", "_since", "_watched")
+    __slots__ = ("_at", "_fallen", "_since", "_still_until", "_watched")
 
     def __init__(self) -> None:
-        self._fallen = 0.0
-        self._watched = 0.0
+        self._fallen = [0.0, 0.0]  # per memory: DRAIN_MEMORY, DRAIN_MEMORY_SHORT
+        self._watched = [0.0, 0.0]
         self._since = 0.0
+        self._still_until = 0.0  # before the queue first moves: it was seen standing still until then
         self._at: float | None = None
 
     def observe(self, fallen: float, seconds: float, now: float) -> None:
@@ -151,15 +159,22 @@ class DrainRate:
         if seconds <= 0:
             return
         if self._at is None or now - self._at > 5 * DRAIN_MEMORY:  # nothing recent: start afresh
-            self._fallen = self._watched = 0.0
-            self._since = now - seconds
+            self._fallen, self._watched = [0.0, 0.0], [0.0, 0.0]
+            self._since, self._still_until = now - seconds, 0.0
         else:
-            fade = math.exp(-max(0.0, now - self._at) / DRAIN_MEMORY)
-            self._fallen *= fade
-            self._watched *= fade
             self._since = min(self._since, now - seconds)
-        self._fallen += max(0.0, fallen)
-        self._watched += seconds
+        if self._fallen[0] <= 0:
+            if fallen <= 0:
+                self._still_until = max(self._still_until, now)
+            else:  # the queue moves for the first time: the time it stood still says nothing about its pace
+                self._watched = [0.0, 0.0]
+        # A look that began while the queue still stood (its first wave) counts only the time since.
+        seconds = max(min(seconds, now - self._still_until), 1e-3)
+        elapsed = 0.0 if self._at is None else max(0.0, now - self._at)
+        for index, memory in enumerate((DRAIN_MEMORY, DRAIN_MEMORY_SHORT)):
+            fade = math.exp(-elapsed / memory)
+            self._fallen[index] = self._fallen[index] * fade + max(0.0, fallen)
+            self._watched[index] = self._watched[index] * fade + seconds
         self._at = max(now, self._at or now)
 
     @property
@@ -170,9 +185,10 @@ class DrainRate:
     @property
     def rate(self) -> float | None:
         """Jobs per second, on the optimistic side; None until some position has been seen to fall."""
-        if self._fallen <= 0:
+        if self._fallen[0] <= 0:
             return None
-        return self._fallen / self._watched + 1.0 / max(1e-3, min(DRAIN_MEMORY, self.watched))
+        pace = max(fallen / watched for fallen, watched in zip(self._fallen, self._watched, strict=True))
+        return pace + 1.0 / max(1e-3, min(DRAIN_MEMORY, self.watched))
 
 
 # One estimate per queue for the whole process: every wait of a triggerer teaches all the others.
@@ -222,9 +238,8 @@ class PollSchedule:
         start = self.predicted_start(position)
         watched = self.drain.watched
         if start is None:
-            # Nothing dispatched for ``watched`` seconds: the next wave is at least that far apart from the
-            # last, so a job that starts at once cannot finish before half of it has passed.
-            start = watched
+            # The queue has not been seen to move: it may start any moment, at the fastest plausible pace.
+            start = (position + 1) / FASTEST_DRAIN
         # An estimate learnt over ``watched`` seconds is not trusted further ahead than that.
         return min(self.max_interval, max(self.interval, min(LOOK_FRACTION * start, TRUST_AHEAD * watched)))
 

@@ -197,6 +197,9 @@ class Job:
     def stats(self, now: float) -> dict[str, Any]:
         return {
             "state": self.state(now).value,
+            # time.monotonic() of the emulator's host (system-wide on Linux): benchmarks compare their own clock
+            "started_at": self.start_at,
+            "finished_at": self.finish_at,
             "cancelled": self.failure is CANCELLED,
             "cancels": self.cancels,
             "status_polls": self.status_polls,

@@ -20,7 +20,7 @@ import pytest
 
 from airflow_flux_redux.exceptions import FluxReduxError
 from airflow_flux_redux.models import QueueState, QueueStatus
-from airflow_flux_redux.wait import DEFAULT_MAX_POLL_INTERVAL, DrainRate, WaitPolicy, queue_key
+from airflow_flux_redux.wait import DEFAULT_MAX_POLL_INTERVAL, FASTEST_DRAIN, DrainRate, WaitPolicy, queue_key
 
 RUN = 1.5
 
@@ -40,9 +40,11 @@ class Outcome:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def fifo_starts(n: int, limit: int, cancelled: dict[int, float], stall: tuple[float, float] | None) -> list[float]:
-    """Start times of n jobs submitted at 0 to a queue of ``limit`` slots; a cancelled job leaves at its time."""
-    free = [0.0] * limit
+def fifo_starts(
+    n: int, limit: int, cancelled: dict[int, float], stall: tuple[float, float] | None, ready: float = 0.0
+) -> list[float]:
+    """Start times of n jobs ready at ``ready`` in a queue of ``limit`` slots; a cancelled job leaves at its time."""
+    free = [ready] * limit
     starts = [0.0] * n
     for i in range(n):
         if i in cancelled:
@@ -66,10 +68,11 @@ def simulate(
     max_interval: float = DEFAULT_MAX_POLL_INTERVAL,
     cancelled: dict[int, float] | None = None,
     stall: tuple[float, float] | None = None,
+    ready: float = 0.0,
 ) -> Outcome:
     random.seed(n * 1000 + limit)
     cancelled = cancelled or {}
-    starts = fifo_starts(n, limit, cancelled, stall)
+    starts = fifo_starts(n, limit, cancelled, stall, ready)
     kept = [i for i in range(n) if i not in cancelled]
     kept_starts = [starts[i] for i in kept]  # FIFO: non-decreasing
     rank = {i: k for k, i in enumerate(kept)}
@@ -186,13 +189,23 @@ def test_one_wait_teaches_the_others_on_the_same_queue_and_only_them() -> None:
     assert other.schedule.predicted_start(399) is None
 
 
-def test_before_the_queue_moves_looks_are_dense_then_stretch_with_the_time_watched() -> None:
+def test_before_the_queue_moves_looks_assume_the_fastest_pace_and_stretch_with_the_time_watched() -> None:
     wait = WaitPolicy(request_id="r", status_url=fresh_queue("r"), poll_interval=1.0, mode="poll")
     wait.seen(queued(300), now=0.0)
-    assert wait.next_delay(queued(300)) == 1.0  # nothing known yet
+    assert wait.next_delay(queued(300)) == 1.0  # nothing watched yet
     wait.seen(queued(300), now=1.0)
     wait.seen(queued(300), now=9.0)
-    assert wait.next_delay(queued(300)) == pytest.approx(4.5)  # still for 9 s: waves are >= 9 s apart
+    # Standing still: it may start any moment, at most FASTEST_DRAIN jobs a second; 300 ahead is >= 6 s away.
+    assert wait.next_delay(queued(300)) == pytest.approx(0.5 * 301 / FASTEST_DRAIN)
+    assert wait.next_delay(queued(3000)) == pytest.approx(18.0)  # not trusted further than 2 x 9 s watched
+    assert wait.next_delay(queued(20)) == 1.0  # could be in the first wave
+
+
+def test_a_queue_that_starts_after_its_waits_is_followed_from_its_first_wave() -> None:
+    # The waits watch an idle queue for 20 s (a batch submitted before its jobs are dispatched), then it
+    # drains at 26.7 jobs a second: the idle time must not make the first waves look slow.
+    outcome = simulate(2000, 40, ready=20.0)
+    assert max(outcome.late) <= 1.0 + 1e-6
 
 
 def test_the_stream_is_only_for_jobs_running_next_in_line_or_about_to_start() -> None:
