@@ -113,6 +113,10 @@ EXTRAS: tuple[Extra, ...] = (
           "gateway's key: see rebase_queue_urls.", default=""),
     Extra("http2", "HTTP/2", "boolean", "Multiplex the waits' status streams over HTTP/2 (server permitting).",
           default=False),
+    Extra("proxy", "Proxy URL", "string",
+          "http://[user:password@]host:port for every call of this connection, instead of HTTPS_PROXY / "
+          "HTTP_PROXY / ALL_PROXY / NO_PROXY (used when empty). An https origin is reached through a CONNECT "
+          "tunnel, so the proxy never sees the key.", default=""),
     Extra("max_in_flight", "Max requests in flight", "integer", "Per connection and event loop.", default=64,
           minimum=1),
     Extra("queue_priority", "Queue priority", "string", "fal queue priority.", choices=("normal", "low"),

@@ -261,13 +261,18 @@ class StatusReporter:
         self._seen_logs = 0
 
     def __call__(self, status: QueueStatus) -> None:
+        queued = status.status is QueueState.IN_QUEUE
         if status.status is not self._state:
             self._state = status.status
-            self.log.info("fal request %s is %s", self.request_id, status.status.value)
-        if (
-            status.status is QueueState.IN_QUEUE
+            if queued:  # one line for the state and the position it starts at
+                self._position, self._position_logged = status.queue_position, time.monotonic()
+                self.log.info("fal request %s is IN_QUEUE, queue position %s", self.request_id, self._position)
+            else:
+                self.log.info("fal request %s is %s", self.request_id, status.status.value)
+        elif (
+            queued
             and status.queue_position != self._position
-            and (self._position is None or time.monotonic() >= self._position_logged + POSITION_LOG_INTERVAL)
+            and time.monotonic() >= self._position_logged + POSITION_LOG_INTERVAL
         ):
             # In a long queue the position changes at every poll: one line per interval, not one per poll.
             self._position = status.queue_position
@@ -402,7 +407,7 @@ class WaitPolicy:
             if not error.busy:
                 _NO_STREAM.add(self.origin)
             self.use_stream = False
-            return 0.0
+            return self.schedule.first_delay()
         if not isinstance(error, TOLERATED):
             raise error
         self.errors += 1

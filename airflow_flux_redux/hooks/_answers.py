@@ -29,6 +29,8 @@ from airflow_flux_redux.exceptions import (
 from airflow_flux_redux.models import parse_error_body
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from pydantic import BaseModel
 
 RETRYABLE_STATUS = frozenset({408, 429, 502, 503, 504})
@@ -41,14 +43,14 @@ ModelT = TypeVar("ModelT", bound="BaseModel")
 
 
 class Answer(Protocol):
-    """What the readers use of an answer: an ``httpx.Response`` or the poll lane's reply."""
+    """What the readers use of an answer: an ``httpx.Response`` or the waits' ``Reply`` (aiohttp's headers)."""
 
     @property
     def status_code(self) -> int: ...
     @property
     def content(self) -> bytes: ...
     @property
-    def headers(self) -> httpx.Headers: ...
+    def headers(self) -> Mapping[str, str]: ...
     @property
     def text(self) -> str: ...
 
@@ -158,11 +160,14 @@ def raise_for_status(response: Answer, op: str, request_id: str | None) -> None:
     raise FluxReduxRequestRejectedError(what, status_code=code, error_type=error_type, request_id=request_id)
 
 
-def transport_error(err: httpx.HTTPError, op: str, url: str, request_id: str | None) -> FluxReduxError:
-    """A network failure. For submit only a failure before the body left is safe to retry."""
+def transport_error(err: BaseException, op: str, url: str, request_id: str | None) -> FluxReduxError:
+    """A network failure or an answer the client refused. For submit only a failure before the body left is
+    safe to retry."""
     name = type(err).__name__
     never_sent = isinstance(err, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
     host = httpx.URL(url).host
+    if isinstance(err, TimeoutError) and not str(err):
+        err = TimeoutError("no complete answer within the call's timeout (the connection extra timeout)")
     if op == "submit" and not never_sent:
         return FluxReduxSubmitUncertainError(
             f"submit to {host} failed with {name} after the request was sent: the job may exist and be "

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-import httpx
+from typing import TYPE_CHECKING
 
 from airflow_flux_redux.exceptions import FluxReduxProtocolError, FluxReduxTransportError
-from airflow_flux_redux.hooks._transport import _ssl_context
 
 if TYPE_CHECKING:
-    from airflow_flux_redux.hooks._settings import FluxReduxSettings
+    import httpx
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
 
@@ -57,14 +54,3 @@ class DownloadCheck:
 
     def done(self) -> ImageDownload:
         return ImageDownload(bytes_written=self.written, content_type=self.content_type)
-
-
-def file_client_kwargs(settings: FluxReduxSettings) -> dict[str, Any]:
-    # No auth at all: images live on a CDN; redirects are followed and carry nothing secret.
-    return {
-        "timeout": httpx.Timeout(max(60.0, settings.timeout), connect=10.0),
-        "follow_redirects": True,
-        "max_redirects": 5,
-        "verify": _ssl_context(),
-        "headers": {"User-Agent": "airflow-flux-redux"},
-    }

@@ -20,6 +20,7 @@ import httpx
 
 from airflow_flux_redux.connection_extras import BY_NAME, EXTRAS, parse_extras
 from airflow_flux_redux.exceptions import FluxReduxConfigError, FluxReduxUntrustedUrlError
+from airflow_flux_redux.hooks._proxy import check_proxy_url, environment_proxies, environment_proxy
 
 if TYPE_CHECKING:
     import asyncio
@@ -76,6 +77,9 @@ class FluxReduxSettings:
     submit_params: tuple[tuple[str, str], ...] = ()
     http2: bool = False
     max_in_flight: int = 64
+    proxy: str | None = field(default=None, repr=False)
+    # The environment's proxy variables when the settings were made: the clients built from them follow them.
+    environment_proxies: tuple[tuple[str, str], ...] = field(default_factory=environment_proxies, repr=False)
 
     @classmethod
     def from_connection(cls, conn: Connection | None) -> FluxReduxSettings:
@@ -122,6 +126,7 @@ class FluxReduxSettings:
             submit_params=submit_params,
             http2=values["http2"],
             max_in_flight=values["max_in_flight"],
+            proxy=check_proxy_url(values["proxy"], "The connection extra proxy") if values["proxy"] else None,
         )
 
     @cached_property
@@ -150,6 +155,17 @@ class FluxReduxSettings:
         """True when the connection turned fal's payload storage off (``store_io``): results are kept minutes."""
         header = BY_NAME["store_io"].header
         return any(name == header and value == "0" for name, value in self.headers)
+
+    @cached_property
+    def _proxies(self) -> dict[tuple[str, str, int], str | None]:
+        return {}
+
+    def proxy_for(self, url: str | httpx.URL) -> str | None:
+        """The proxy for a request to ``url`` (see ``_proxy``): the connection's, the environment's, or None."""
+        origin = _origin(url)
+        if origin not in self._proxies:
+            self._proxies[origin] = self.proxy or environment_proxy(*origin, self.environment_proxies)
+        return self._proxies[origin]
 
     @property
     def submit_url(self) -> str:

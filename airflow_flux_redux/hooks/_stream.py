@@ -65,8 +65,8 @@ async def open_stream(
 ) -> AsyncIterator[httpx.Response]:
     """The stream's response, on a connection of its own to our origin (else through the client).
 
-    A stream holds its HTTP/1.1 connection for the whole wait: through the client's pool, the streams past
-    its connection limit would queue behind the others for the length of a job.
+    A stream holds its HTTP/1.1 connection for the whole wait: through a shared pool, the streams past its
+    connection limit would queue behind the others for the length of a job.
     """
     read_timeout = max(60.0, settings.timeout)
     if not settings.same_origin(url):
@@ -75,9 +75,9 @@ async def open_stream(
         async with client.stream("GET", url, headers={"Accept": "text/event-stream"}, timeout=timeout) as response:
             yield response
         return
-    lane = ASYNC_CLIENTS.entry(settings).lane
+    waits = ASYNC_CLIENTS.entry(settings).waits
     try:
-        async with lane.stream(url, read_timeout, limit_http1=fallback_when_busy) as response:
+        async with waits.stream(url, read_timeout, limit=fallback_when_busy) as response:
             yield response
     except StreamsBusyError as err:
         hint = '; the connection extra "http2": true multiplexes streams'

@@ -1,46 +1,72 @@
-"""The async hook's transport: pooled clients per event loop, and a lane of connections for the waits.
+"""The hook's HTTP clients: httpx for calls, aiohttp for the waits' GETs; pooled per event loop.
 
-Its own module because it is a concern of its own. Submit, cancel, URLs on other trusted origins and the
-sync hook use httpx's clients. The waits' GETs (status polls, results, status streams) on the
-connection's own origin take the lane: a few keep-alive HTTP/1.1 connections (``_http1``) or multiplexed
-HTTP/2 ones (``_h2``). Through a pooled ``httpx.AsyncClient`` a wait cost 5x what it costs on the lane,
-through httpcore and h11 2.6x (benchmarks/README.md). The hook keeps the retry policy and the
-reading of answers; everything here returns raw answers or raises httpx's transport errors.
+Its own module because it is a concern of its own. Submit, cancel, URLs on other trusted origins, image
+downloads and the whole sync hook use httpx. The waits' GETs on the connection's own origin (status polls,
+results, status streams) use one shared aiohttp session per loop and connection: its C parser (llhttp)
+costs a third of what httpx's pure-Python stack costs per poll (benchmarks/README.md), and it refuses
+malformed framing just as strictly. With the connection extra ``http2`` the waits use httpx's HTTP/2
+(``h2``) instead. Every request goes through the proxy ``_proxy`` picks, and every call is bounded as a
+whole by the connection's ``timeout`` (connect, send, and the whole answer), not per read. Everything here
+returns raw answers or raises the clients' own errors; the hook reads them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import time
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import httpx
 
-from airflow_flux_redux.hooks._h2 import H2Connection, H2Stream, StreamRefused
-from airflow_flux_redux.hooks._http1 import Http1Connection, request_bytes
+from airflow_flux_redux.hooks._proxy import AsyncProxyTransport, ProxyRoutes, ProxyTransport
 from airflow_flux_redux.hooks._settings import _SETTINGS_CACHE
-from airflow_flux_redux.hooks._tls import ssl_context as _ssl_context
+from airflow_flux_redux.hooks._tls import ssl_context
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Generator
+    from collections.abc import AsyncIterator, Generator, Mapping
 
     from airflow_flux_redux.hooks._settings import FluxReduxSettings
 
+# The waits' keep-alive pool for polls: enough for a thousand polls a second on loopback or across a region,
+# and each open connection costs the server a socket.
+POLL_CONNECTIONS = 8
+# Each HTTP/1.1 status stream holds a connection of its own: past this many, ``auto`` waits poll instead.
+MAX_STREAMS = 256
+# The most a status or result answer may hold (a sync_mode result carries its images inline).
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+HEADERS = {"User-Agent": "airflow-flux-redux", "Accept": "application/json"}
 
-def _client_kwargs(settings: FluxReduxSettings) -> dict[str, Any]:
-    return {
-        "auth": _OriginAuth(settings),
-        "headers": {"User-Agent": "airflow-flux-redux", "Accept": "application/json"},
-        "timeout": httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
-        "follow_redirects": False,
-        "verify": _ssl_context(),
-        "http2": settings.http2,
-        "limits": httpx.Limits(
-            max_connections=settings.max_in_flight, max_keepalive_connections=settings.max_in_flight
-        ),
-    }
+
+class StreamsBusyError(Exception):
+    """Every status-stream connection the transport allows is in use."""
+
+
+class MalformedAnswerError(Exception):
+    """An answer the waits' transport refuses to read."""
+
+
+class AnswerTooLargeError(MalformedAnswerError):
+    """An answer longer than ``MAX_ANSWER_BYTES``: refused before it fills the memory."""
+
+
+# What a call may raise for a network failure or a malformed answer (the hook makes them ours).
+TRANSPORT_ERRORS = (httpx.HTTPError, aiohttp.ClientError, TimeoutError, MalformedAnswerError)
+
+
+# RFC 9110's token: what a header name may be. aiohttp parses answers leniently outside Python's dev mode
+# (``Content-Length : 5`` is read as a length); a gateway that sends a name outside the grammar is refused.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _check_header_names(answer: aiohttp.ClientResponse) -> None:
+    for name, _ in answer.raw_headers:
+        if not _TOKEN.fullmatch(name):
+            raise MalformedAnswerError(f"the answer has a malformed header name {name[:40]!r}")
 
 
 class _OriginAuth(httpx.Auth):
@@ -55,19 +81,93 @@ class _OriginAuth(httpx.Auth):
         yield request
 
 
-class _Reply:
-    """A fully read answer from the poll lane: what ``_raise_for_status`` and the models read of a response."""
+def _transport_options(settings: FluxReduxSettings, proxy: str | None, *, calls: bool = True) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=settings.max_in_flight, max_keepalive_connections=settings.max_in_flight)
+    options = {"verify": ssl_context(), "limits": limits, "trust_env": False, "proxy": proxy}
+    if calls and settings.http2:
+        # https negotiates HTTP/2 by ALPN; a cleartext base URL means HTTP/2 by prior knowledge (h2c).
+        options.update(http2=True, http1=settings.origin[0] == "https")
+    return options
 
-    __slots__ = ("_raw_headers", "content", "status_code")
 
-    def __init__(self, status_code: int, raw_headers: list[tuple[bytes, bytes]], content: bytes) -> None:
+def _calls_kwargs(settings: FluxReduxSettings) -> dict[str, Any]:
+    return {
+        "auth": _OriginAuth(settings),
+        "headers": HEADERS,
+        "timeout": httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
+        "follow_redirects": False,
+        "trust_env": False,
+    }
+
+
+def sync_client(settings: FluxReduxSettings) -> httpx.Client:
+    """The sync hook's client: the key only to trusted origins, no redirects, each origin through its proxy."""
+    routes = ProxyRoutes(
+        settings.proxy_for,
+        lambda proxy: httpx.HTTPTransport(**_transport_options(settings, proxy)),
+    )
+    return httpx.Client(transport=ProxyTransport(routes), **_calls_kwargs(settings))
+
+
+def async_client(settings: FluxReduxSettings) -> httpx.AsyncClient:
+    routes = ProxyRoutes(
+        settings.proxy_for,
+        lambda proxy: httpx.AsyncHTTPTransport(**_transport_options(settings, proxy)),
+    )
+    return httpx.AsyncClient(transport=AsyncProxyTransport(routes), **_calls_kwargs(settings))
+
+
+def files_client(settings: FluxReduxSettings) -> httpx.Client:
+    """Image downloads: no credential at all (images live on a CDN); redirects followed; through the proxy."""
+    routes = ProxyRoutes(
+        settings.proxy_for, lambda proxy: httpx.HTTPTransport(**_transport_options(settings, proxy, calls=False))
+    )
+    return httpx.Client(
+        transport=ProxyTransport(routes),
+        timeout=httpx.Timeout(max(60.0, settings.timeout), connect=10.0),
+        follow_redirects=True,
+        max_redirects=5,
+        headers={"User-Agent": "airflow-flux-redux"},
+        trust_env=False,
+    )
+
+
+def send_within(client: httpx.Client, request: httpx.Request, timeout: float) -> httpx.Response:
+    """Send ``request`` and read its answer, the body within ``timeout`` of the start as a whole.
+
+    httpx bounds each read, not the call: an answer dripped a byte at a time would hold the sync hook for
+    ever. The body is read as it comes and the call ends once the time is up.
+    """
+    deadline = time.monotonic() + timeout
+    response = client.send(request, stream=True)
+    try:
+        raw: list[bytes] = []
+        size = 0
+        for chunk in response.iter_raw():
+            size += len(chunk)
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(f"the answer took longer than the call's timeout of {timeout:g}s")
+            if size > MAX_ANSWER_BYTES:
+                raise httpx.ReadError(f"the answer passed the cap of {MAX_ANSWER_BYTES} bytes")
+            raw.append(chunk)
+    finally:
+        response.close()
+    answer = httpx.Response(
+        response.status_code, headers=response.headers, stream=httpx.ByteStream(b"".join(raw)), request=request
+    )
+    answer.read()  # decodes a Content-Encoding as httpx would
+    return answer
+
+
+class Reply:
+    """A wholly read answer of the waits' transport: what ``_answers`` and the models read of a response."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, headers: Mapping[str, str], content: bytes) -> None:
         self.status_code = status_code
-        self._raw_headers = raw_headers
+        self.headers = headers
         self.content = content
-
-    @property
-    def headers(self) -> httpx.Headers:
-        return httpx.Headers(self._raw_headers)
 
     @property
     def text(self) -> str:
@@ -75,225 +175,116 @@ class _Reply:
 
 
 class _Body(httpx.AsyncByteStream):
-    """An answer's body, read as it comes, as an httpx stream (for ``httpx-sse``)."""
+    """An aiohttp answer's body, read as it comes, as an httpx stream (``httpx-sse`` reads the events)."""
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self._chunks = chunks
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._chunks:
+        async for chunk in self._response.content.iter_any():
             yield chunk
 
 
-# The lane's HTTP/1.1 pool: enough for a thousand polls a second on loopback or across a region, and
-# each open connection costs the server a socket.
-HTTP1_CONNECTIONS = 8
-# Each HTTP/1.1 stream holds a connection (~290 KB with TLS): past this many, ``auto`` waits poll instead.
-MAX_HTTP1_STREAMS = 256
-# What a keep-alive connection the server closed meanwhile looks like: worth one try on a fresh one.
-_STALE = (httpx.RemoteProtocolError, httpx.ReadError)
+class WaitSession:
+    """The waits' GETs on the connection's own origin: polls and results on a small keep-alive pool, status
+    streams each on a connection of their own, at most ``MAX_STREAMS`` at once (counted before connecting,
+    so a burst of waits starting together cannot pass the cap).
 
-
-class StreamsBusyError(Exception):
-    """Every HTTP/1.1 stream connection the lane allows is in use."""
-
-
-class _Lane:
-    """Connections to the connection's own origin for the waits' GETs: status polls, results, streams.
-
-    A wait only GETs URLs on one origin, so the request line's headers are built once here, HTTP/1.1
-    connections are handed out from an idle list with in-flight requests bounded, and HTTP/2 connections
-    are filled up to the server's stream limit.
+    Built on aiohttp; with ``http2`` the same calls go through the httpx client's HTTP/2 instead.
     """
 
-    def __init__(self, settings: FluxReduxSettings) -> None:
-        scheme, host, port = settings.origin
-        self.scheme, self.host, self.port = scheme.encode(), host, port
+    def __init__(self, settings: FluxReduxSettings, client: httpx.AsyncClient) -> None:
+        self._client = client
         self.http2 = settings.http2
-        self._ssl = _ssl_context() if scheme == "https" else None
-        authority = f"[{host}]" if ":" in host else host
-        if port != (443 if scheme == "https" else 80):
-            authority = f"{authority}:{port}"
-        self.authority = authority.encode()
-        headers = [
-            (b"Accept", b"application/json"),
-            (b"User-Agent", b"airflow-flux-redux"),
-            (b"Authorization", settings.authorization.encode()),
-        ]
-        self._h1_headers = b"Host: " + self.authority + b"\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers)
-        self._h2_headers = [(name.lower(), value) for name, value in headers]
         self.timeout = settings.timeout
-        self.connect_timeout = min(10.0, settings.timeout)
-        self._slots = asyncio.Semaphore(
-            max(1, settings.max_in_flight if self.http2 else min(HTTP1_CONNECTIONS, settings.max_in_flight))
+        self._proxy = settings.proxy_for(settings.base_url)
+        self.streams = 0
+        headers = {**HEADERS, "Authorization": settings.authorization}
+        connect = min(10.0, settings.timeout)
+        self._polls = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=min(POLL_CONNECTIONS, settings.max_in_flight), ssl=ssl_context()),
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=settings.timeout, connect=connect),
+            trust_env=False,
         )
-        self._idle: list[Http1Connection] = []  # HTTP/1.1: one request per connection at a time
-        self._streaming: set[Http1Connection] = set()
-        self.prefix = settings.origin_prefix
-        self._h2: list[H2Connection] = []
-        self._h2_opening: asyncio.Future[H2Connection] | None = None
+        self._streams = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=ssl_context()),
+            headers={**headers, "Accept": "text/event-stream"},
+            trust_env=False,
+        )
+        self._connect = connect
 
-    def target(self, url: str) -> bytes:
-        """The request target of ``url`` (on this origin): the server's own URL is sent as it came."""
-        rest = url[len(self.prefix) :] if url.startswith(self.prefix) else ""
-        if rest[:1] == "/" and rest.isascii() and rest.isprintable() and " " not in rest:
-            return rest.encode()
-        return httpx.URL(url).raw_path
-
-    async def get(self, url: str) -> _Reply:
-        """GET ``url`` (on this origin) and read the whole answer; a stale keep-alive is replaced once."""
+    async def get(self, url: str) -> Reply:
+        """GET ``url`` and read the whole answer, within the call's timeout."""
         if self.http2:
-            return await self._h2_get(url)
-        request = request_bytes(self.target(url), self._h1_headers)
-        async with self._slots:
-            for fresh in (False, True):
-                conn, reused = await self._checkout(fresh)
-                try:
-                    status, headers, content = await conn.get(request, self.timeout)
-                except _STALE:
-                    conn.close()
-                    if reused and not fresh:
-                        continue
-                    raise
-                except BaseException:
-                    conn.close()
-                    raise
-                if conn.reusable:
-                    self._idle.append(conn)
-                else:
-                    conn.close()
-                return _Reply(status, headers, content)
-        raise AssertionError("unreachable")  # pragma: no cover
+            async with asyncio.timeout(self.timeout):
+                h2_answer = await self._client.get(url)
+            return Reply(h2_answer.status_code, h2_answer.headers, h2_answer.content)
+        async with self._polls.get(url, allow_redirects=False, proxy=self._proxy) as answer:
+            _check_header_names(answer)
+            length = answer.content_length
+            if length is not None and length <= MAX_ANSWER_BYTES:
+                content = await answer.read()
+            else:
+                content = await _read_capped(answer)
+            return Reply(answer.status, answer.headers, content)
 
     @contextlib.asynccontextmanager
-    async def stream(
-        self, url: str, read_timeout: float, *, limit_http1: bool = False
-    ) -> AsyncIterator[httpx.Response]:
-        """A GET whose body is read as it comes (the status stream), on a stream or connection of its own.
+    async def stream(self, url: str, read_timeout: float, *, limit: bool = False) -> AsyncIterator[httpx.Response]:
+        """A GET whose body is read as it comes (the status stream), as an httpx response.
 
-        With ``limit_http1``, raises ``StreamsBusyError`` rather than open one more HTTP/1.1 connection
-        past ``MAX_HTTP1_STREAMS`` (HTTP/2 streams share connections).
+        With ``limit``, raises ``StreamsBusyError`` rather than open one more connection past ``MAX_STREAMS``
+        (HTTP/2 streams share connections: no limit there).
         """
         if self.http2:
-            h2_conn, h2_stream = await self.h2_request(url)
-            try:
-                yield httpx.Response(
-                    h2_stream.status, headers=h2_stream.headers, stream=_Body(h2_stream.body(read_timeout))
-                )
-            finally:
-                h2_conn.cancel(h2_stream)
+            h2_timeout = httpx.Timeout(self.timeout, read=read_timeout)
+            headers = {"Accept": "text/event-stream"}
+            async with self._client.stream("GET", url, headers=headers, timeout=h2_timeout) as response:
+                yield response
             return
-        if limit_http1 and len(self._streaming) >= MAX_HTTP1_STREAMS:
-            raise StreamsBusyError(f"all {MAX_HTTP1_STREAMS} HTTP/1.1 stream connections are in use")
-        conn = await self._connect()
-        self._streaming.add(conn)
+        if limit and self.streams >= MAX_STREAMS:
+            raise StreamsBusyError(f"all {MAX_STREAMS} status-stream connections are in use")
+        self.streams += 1
         try:
-            status, headers, body = await conn.send(request_bytes(self.target(url), self._h1_headers), read_timeout)
-            yield httpx.Response(status, headers=headers, stream=_Body(body))
+            timeout = _stream_timeout(self._connect, read_timeout)
+            async with self._streams.get(url, allow_redirects=False, proxy=self._proxy, timeout=timeout) as answer:
+                _check_header_names(answer)
+                yield httpx.Response(answer.status, headers=list(answer.headers.items()), stream=_Body(answer))
         finally:
-            self._streaming.discard(conn)
-            conn.close()
-
-    async def _connect(self) -> Http1Connection:
-        return await Http1Connection.open(self.host, self.port, ssl_context=self._ssl, timeout=self.connect_timeout)
-
-    async def _checkout(self, fresh: bool) -> tuple[Http1Connection, bool]:
-        while self._idle and not fresh:
-            conn = self._idle.pop()
-            if conn.idle_ok:
-                return conn, True
-            conn.close()
-        return await self._connect(), False
-
-    async def h2_connection(self) -> H2Connection:
-        """An HTTP/2 connection with room for one more stream; opens one (only one at a time) when all are full."""
-        while True:
-            if self._h2 and self._h2[-1].has_room():  # the newest first: the others are usually full
-                return self._h2[-1]
-            for conn in self._h2:
-                if conn.has_room():
-                    return conn
-            self._h2 = [conn for conn in self._h2 if not conn.closed]
-            if (pending := self._h2_opening) is not None:
-                try:
-                    await asyncio.shield(pending)
-                except asyncio.CancelledError:
-                    # The opener was cancelled, not this waiter: try to open one ourselves.
-                    task = asyncio.current_task()
-                    if not pending.cancelled() or (task is not None and task.cancelling()):
-                        raise
-                continue
-            opening = self._h2_opening = asyncio.get_running_loop().create_future()
-            conn = H2Connection(self.scheme, self.host, self.port, self.authority)
-            try:
-                await conn.connect(self.connect_timeout)
-            except asyncio.CancelledError:
-                opening.cancel()
-                raise
-            except Exception as err:
-                opening.set_exception(err)
-                opening.exception()
-                raise
-            finally:
-                self._h2_opening = None
-            self._h2.append(conn)
-            opening.set_result(conn)
-            return conn
-
-    async def h2_request(self, url: str) -> tuple[H2Connection, H2Stream]:
-        """Send a GET on a connection with room and wait for its response headers; a refused one goes again."""
-        import h2.exceptions
-
-        target = self.target(url)
-        for attempt in range(3):
-            conn = await self.h2_connection()
-            try:
-                stream = conn.open(target, self._h2_headers)
-            except h2.exceptions.H2Error as err:  # the connection went away between the check and the send
-                conn.closed = True
-                if attempt == 2:
-                    raise httpx.RemoteProtocolError(f"HTTP/2: {err}") from None
-                continue
-            try:
-                await stream.response(self.timeout)
-            except StreamRefused:
-                if attempt == 2:
-                    raise
-                continue
-            except BaseException:
-                conn.cancel(stream)
-                raise
-            return conn, stream
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _h2_get(self, url: str) -> _Reply:
-        timeout = self.timeout
-        async with self._slots:
-            conn, stream = await self.h2_request(url)
-            try:
-                content = b"".join([chunk async for chunk in stream.body(timeout)])
-            finally:
-                conn.cancel(stream)
-        return _Reply(stream.status, stream.headers, content)
+            self.streams -= 1
 
     async def aclose(self) -> None:
-        for conn in (*self._idle, *self._streaming):
-            conn.close()
-        self._idle.clear()
-        for h2_conn in self._h2:
-            await h2_conn.aclose()
-        self._h2.clear()
+        await self._polls.close()
+        await self._streams.close()
+
+
+def _stream_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_read=read)
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """A body of unknown or excessive length, read up to ``MAX_ANSWER_BYTES``."""
+    if response.content_length is not None:
+        raise AnswerTooLargeError(f"the answer declares {response.content_length} bytes; the cap is {MAX_ANSWER_BYTES}")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise AnswerTooLargeError(f"the answer passed the cap of {MAX_ANSWER_BYTES} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 @dataclass
 class _LoopClients:
     client: httpx.AsyncClient
     in_flight: asyncio.Semaphore
-    lane: _Lane
+    waits: WaitSession
 
 
 class _AsyncClientPool:
-    """Per event loop and per (base URL, credentials): one pooled ``AsyncClient`` and one lane for waits.
+    """Per event loop and per (base URL, credentials, proxy): one httpx client and one wait session.
 
     Thousands of triggers in one triggerer share a handful of connections instead of a client each.
     """
@@ -310,8 +301,8 @@ class _AsyncClientPool:
             per_loop = self._clients[loop] = {}
         entry = per_loop.get(settings.client_key)
         if entry is None or entry.client.is_closed:
-            client = httpx.AsyncClient(**_client_kwargs(settings))
-            entry = _LoopClients(client, asyncio.Semaphore(settings.max_in_flight), _Lane(settings))
+            client = async_client(settings)
+            entry = _LoopClients(client, asyncio.Semaphore(settings.max_in_flight), WaitSession(settings, client))
             per_loop[settings.client_key] = entry
         return entry
 
@@ -324,7 +315,7 @@ class _AsyncClientPool:
         loop = asyncio.get_running_loop()
         _SETTINGS_CACHE.pop(loop, None)
         for entry in self._clients.pop(loop, {}).values():
-            await entry.lane.aclose()
+            await entry.waits.aclose()
             await entry.client.aclose()
 
 

@@ -37,12 +37,20 @@ from airflow_flux_redux.hooks._answers import (
     transport_error,
     with_logs,
 )
-from airflow_flux_redux.hooks._downloads import DownloadCheck, ImageDownload, file_client_kwargs
+from airflow_flux_redux.hooks._downloads import DownloadCheck, ImageDownload
+from airflow_flux_redux.hooks._proxy import proxy_password
 from airflow_flux_redux.hooks._retry import acall_with_retries, call_with_retries
 from airflow_flux_redux.hooks._settings import _SETTINGS_CACHE, SETTINGS_TTL, FluxReduxSettings
 from airflow_flux_redux.hooks._settings import DEFAULT_BASE_URL as DEFAULT_BASE_URL
 from airflow_flux_redux.hooks._stream import open_stream, read_statuses, stream_probe, stream_url
-from airflow_flux_redux.hooks._transport import ASYNC_CLIENTS, _client_kwargs, _Reply
+from airflow_flux_redux.hooks._transport import (
+    ASYNC_CLIENTS,
+    TRANSPORT_ERRORS,
+    Reply,
+    files_client,
+    send_within,
+    sync_client,
+)
 from airflow_flux_redux.models import (
     FluxReduxRequest,
     QueueHandle,
@@ -78,6 +86,9 @@ class _FluxReduxHookBase(BaseHook):
     def use_settings(self, settings: FluxReduxSettings) -> FluxReduxSettings:
         """Use these settings instead of reading the connection (a worker's async wait reuses its sync hook's)."""
         mask_secret(settings.api_key)
+        for url in (settings.proxy, *dict(settings.environment_proxies).values()):
+            if password := proxy_password(url):
+                mask_secret(password)
         self._settings = settings
         return settings
 
@@ -165,7 +176,7 @@ class FluxReduxHook(_FluxReduxHookBase):
     def get_conn(self) -> httpx.Client:
         """The hook's one pooled client (keep-alive across submit, polls and result)."""
         if self._client is None or self._client.is_closed:
-            self._client = httpx.Client(**_client_kwargs(self.settings))
+            self._client = sync_client(self.settings)
         return self._client
 
     def close(self) -> None:
@@ -180,7 +191,7 @@ class FluxReduxHook(_FluxReduxHookBase):
 
         def attempt() -> httpx.Response:
             try:
-                response = client.request(method, url, **kwargs)
+                response = send_within(client, client.build_request(method, url, **kwargs), settings.timeout)
             except httpx.HTTPError as err:
                 raise transport_error(err, op, url, request_id) from None
             raise_for_status(response, op, request_id)
@@ -256,7 +267,7 @@ class FluxReduxHook(_FluxReduxHookBase):
     def download(self, url: str, sink: BinaryIO, *, max_bytes: int) -> ImageDownload:
         """Stream one output image into ``sink``, never holding it whole; no credential is ever sent."""
         if self._files is None:
-            self._files = httpx.Client(**file_client_kwargs(self.settings))
+            self._files = files_client(self.settings)
         try:
             with self._files.stream("GET", url) as response:
                 check = DownloadCheck(response, max_bytes)
@@ -339,27 +350,27 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
 
         async def attempt() -> httpx.Response:
             try:
-                async with in_flight:
+                async with in_flight, asyncio.timeout(settings.timeout):
                     response = await client.request(method, url, **kwargs)
-            except httpx.HTTPError as err:
+            except (httpx.HTTPError, TimeoutError) as err:
                 raise transport_error(err, op, url, request_id) from None
             raise_for_status(response, op, request_id)
             return response
 
         return await acall_with_retries(settings, op, self.log, attempt)
 
-    async def _get(self, op: str, url: str, request_id: str | None) -> httpx.Response | _Reply:
-        """A GET on the poll lane when ``url`` is on the connection's own origin, else through the client."""
+    async def _get(self, op: str, url: str, request_id: str | None) -> httpx.Response | Reply:
+        """A GET on the waits' session when ``url`` is on the connection's own origin, else through the client."""
         settings = self._settings or await self.aget_settings()
         settings.require_trusted(url, op, request_id)
         if not settings.same_origin(url):
             return await self._call(op, "GET", url, request_id)
-        lane = ASYNC_CLIENTS.entry(settings).lane
+        waits = ASYNC_CLIENTS.entry(settings).waits
 
-        async def attempt() -> _Reply:
+        async def attempt() -> Reply:
             try:
-                reply = await lane.get(url)
-            except httpx.HTTPError as err:
+                reply = await waits.get(url)
+            except TRANSPORT_ERRORS as err:
                 raise transport_error(err, op, url, request_id) from None
             raise_for_status(reply, op, request_id)
             return reply
@@ -395,7 +406,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
 
         Raises :class:`~airflow_flux_redux.wait.StreamUnsupportedError` when the server does not serve the
         stream, so the caller can fall back to polling; with ``fallback_when_busy`` also when the stream
-        would need one more HTTP/1.1 connection past ``MAX_HTTP1_STREAMS`` (HTTP/2 streams share connections).
+        would need one more HTTP/1.1 connection past ``MAX_STREAMS`` (HTTP/2 streams share connections).
         """
         settings = self._settings or await self.aget_settings()
         url = stream_url(handle.status_url)
@@ -404,7 +415,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
             async with open_stream(settings, with_logs(url, logs), fallback_when_busy) as response:
                 async for status in read_statuses(response, handle.request_id):
                     yield status
-        except httpx.HTTPError as err:
+        except TRANSPORT_ERRORS as err:
             raise transport_error(err, "status stream", url, handle.request_id) from None
 
     async def follow(self, handle: QueueHandle, policy: WaitPolicy) -> QueueStatus | None:
@@ -438,12 +449,14 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
                     probe = await stream_probe(policy)
                     if policy.use_stream:
                         return await self._follow_stream(handle, policy, probe)
-                status = await self.status(handle, logs=policy.logs)
-                if policy.seen(status):
-                    return status
-                if policy.window_over():
-                    return None  # the queue says the job cannot start within the window: leave now
-                delay = policy.next_delay(status)
+                    delay = policy.first_delay()  # another wait found no stream here: poll, spread out
+                else:
+                    status = await self.status(handle, logs=policy.logs)
+                    if policy.seen(status):
+                        return status
+                    if policy.window_over():
+                        return None  # the queue says the job cannot start within the window: leave now
+                    delay = policy.next_delay(status)
             except TOLERATED as err:
                 delay = policy.failed(err)
             await asyncio.sleep(policy.sleep_for(delay))

@@ -312,8 +312,7 @@ def test_task_page_shows_extra_links_and_progress_log(
         text = expect_text(
             log,
             f"Submitted fal request {request_id} (queue position",
-            f"fal request {request_id} is IN_QUEUE",
-            f"fal request {request_id}: queue position",
+            f"fal request {request_id} is IN_QUEUE, queue position",
             f"fal request {request_id} is IN_PROGRESS",
             "fal: ",
             f"fal request {request_id} is COMPLETED",

@@ -186,3 +186,44 @@ def test_example_a_through_a_relay_with_fals_urls_defers_and_resumes_from_the_ev
     assert "deferring" in log, log[-4000:]
     assert stats["submissions"] == 1 and stats["requests_by_route"]["status"] >= 2
     assert API_KEY not in without_airflow_30_mask_requests(log)
+
+
+@pytest.mark.parametrize("defers", [False, True], ids=["finishes-in-the-worker", "defers-and-resumes"])
+def test_example_a_behind_a_proxy_sends_every_request_through_it(airflow_home, tmp_path, defers) -> None:
+    """A corporate network: the base URL's host is a name only the proxy resolves, HTTP(S)_PROXY name it.
+
+    A real-speed job (1.5 s) finishes in the worker; a longer one defers and resumes from the trigger's event.
+    Either way the job is submitted once and the proxy's log holds every request of it.
+    """
+    from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer
+    from airflow_flux_redux.operators.flux_redux import DEFAULT_DEFER_AFTER
+    from tests.forward_proxy import ForwardProxy
+
+    (source,) = write_inputs(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    timing = (1.0, DEFAULT_DEFER_AFTER + 1) if defers else (0.2, 1.3)
+    config = EmulatorConfig(key=API_KEY, queue_seconds=timing[0], run_seconds=timing[1])
+    with EmulatorServer(config) as emulator:
+        port = int(emulator.url.rsplit(":", 1)[1])
+        with ForwardProxy({"fal-gw.internal": ("127.0.0.1", port)}) as proxy:
+            env = {
+                **{k: v for k, v in airflow_home.items() if k.lower() not in ("no_proxy", "http_proxy", "https_proxy")},
+                "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": connection_json(f"http://fal-gw.internal:{port}"),
+                "AIRFLOW__FLUX_REDUX__DEFER_EVENT_HOLD": "0",
+                "HTTP_PROXY": proxy.url,
+                "HTTPS_PROXY": proxy.url,
+                "FLUX_REDUX_EXAMPLE_IMAGE": str(source),
+                "FLUX_REDUX_EXAMPLE_OUTPUT": str(out),
+            }
+            run = dags_test(env, "example_flux_redux")
+            seen = proxy.targets()
+        stats = emulator.stats()
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert len(sorted(out.rglob("*.png"))) == 2, log[-4000:]
+    assert ("deferring" in log) is defers, log[-4000:]
+    assert stats["submissions"] == 1
+    # Every request the emulator answered reached it through the proxy, by the name only the proxy knows.
+    assert len(seen) == sum(stats["requests_by_route"].values()), (seen, stats["requests_by_route"])
+    assert all("//fal-gw.internal:" in target for target in seen), seen
+    assert seen[0].startswith("POST ") and sum(t.endswith(".png") for t in seen) == 2

@@ -77,7 +77,8 @@ def test_an_error_that_is_not_transient_ends_the_wait_at_once() -> None:
 def test_auto_learns_once_per_origin_that_the_stream_is_not_served() -> None:
     first = policy(status_url="https://relay-b.example.com/fal-ai/flux-1/requests/1/status")
     assert first.use_stream
-    assert first.failed(StreamUnsupportedError("HTTP 404")) == 0.0 and not first.use_stream
+    # It polls next, within one interval (spread like any poller's first look), and so do the others.
+    assert 0.0 <= first.failed(StreamUnsupportedError("HTTP 404")) <= first.poll_interval and not first.use_stream
     # The next wait on that origin polls from the start: no stream request, no extra connection.
     assert not policy(status_url="https://relay-b.example.com/fal-ai/flux-1/requests/2/status").use_stream
     assert policy(status_url="https://other.example.com/fal-ai/flux-1/requests/2/status").use_stream
@@ -125,3 +126,28 @@ def test_every_error_crosses_json_as_the_same_class_with_its_fields(cls: type[Fl
     again = error_from_dict(json.loads(json.dumps(error.to_dict())))
     assert type(again) is cls and str(again) == str(error)
     assert again.to_dict() == error.to_dict()
+
+
+def test_the_reporter_logs_each_change_once_and_the_queue_in_one_line() -> None:
+    from airflow_flux_redux.models import LogEntry
+    from airflow_flux_redux.wait import StatusReporter
+
+    lines: list[str] = []
+
+    class Log:
+        def info(self, message: str, *args: object) -> None:
+            lines.append(message % args)
+
+    report = StatusReporter(Log(), "r-1")
+    report(QueueStatus(status=QueueState.IN_QUEUE, queue_position=3))
+    report(QueueStatus(status=QueueState.IN_QUEUE, queue_position=2))  # within 10 s of the last position line
+    report(QueueStatus(status=QueueState.IN_PROGRESS, logs=[LogEntry(message="step 1")]))
+    report(QueueStatus(status=QueueState.IN_PROGRESS, logs=[LogEntry(message="step 1"), LogEntry(message="step 2")]))
+    report(QueueStatus(status=QueueState.COMPLETED))
+    assert lines == [
+        "fal request r-1 is IN_QUEUE, queue position 3",
+        "fal request r-1 is IN_PROGRESS",
+        "fal: step 1",
+        "fal: step 2",
+        "fal request r-1 is COMPLETED",
+    ]
