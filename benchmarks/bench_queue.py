@@ -100,7 +100,7 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
         for _ in range(20):
             bench._deferred_trigger(probe, None)
         build_each = (time.monotonic() - started) / 20
-    lead = 2.0 + n * (0.0015 + 1.3 * build_each)
+    lead = 2.0 + n * (0.004 + 1.3 * build_each)
     ready_at = time.monotonic() + lead
     handles = await _submit_all(url, n, key, ready_at, png)
     if ours:
