@@ -3,10 +3,51 @@
 Three waiters drive one ``WaitPolicy``: the async hook's ``follow`` (the status stream or polling; the
 trigger and the operator's in-worker window use it), and the sync hook's ``follow`` (polling). They only
 move bytes; the states, the deadline, the window, the errors tolerated and the poll schedule live here.
+
+**Waiting the way fal queues.** An account runs at most C jobs at once (2 to 40); the others wait
+``IN_QUEUE`` with ``queue_position`` = the jobs ahead, dispatched FIFO. A queue drains at about C / R
+jobs a second (R: a job's run time), so a job at position p starts in about (p + 1) / rate seconds. Every
+wait of a process reports the positions it sees to one ``DrainRate`` per queue (origin and endpoint of
+the status URL): positions falling over time are the rate. The rule (``PollSchedule.next_delay``):
+
+- a running job, a job next in line (position 0) and a job whose position is unknown are looked at every
+  ``poll_interval``;
+- a queued job looks again after half its predicted start (``LOOK_FRACTION``), but never further ahead than
+  twice the time this process has watched the queue (``TRUST_AHEAD``), and always between
+  ``poll_interval`` and ``max_poll_interval`` (default 60 s): looks get denser as the start nears, and from
+  2 x ``poll_interval`` before it the job is looked at every ``poll_interval``; so completion is seen
+  within ``poll_interval`` (plus one request's time) when the estimate holds;
+- until some position has fallen, the rate is unknown: the queue may start any moment, at most
+  ``FASTEST_DRAIN`` jobs a second (40 one-second jobs at once, fal's largest self-serve limit, with room),
+  so a job at position p looks again after (p + 1) / ``FASTEST_DRAIN`` / 2 seconds (same bounds);
+- the status stream (``auto``) is opened only for a job that runs, is next in line, or is predicted to
+  start within ``STREAM_LEAD`` x ``poll_interval`` (``WaitPolicy.stream_now``): deep-queued waits hold no
+  connection, and the ones near the head see their start and end in milliseconds.
+
+Why: polling every queued job every second costs the triggerer (and fal) a call per job per second where
+most calls only read a position that was predictable; a stream per queued job holds a connection for
+minutes (10,000 sockets for 10,000 waits). Looking at half the predicted start bounds what a wrong
+estimate costs:
+
+- **a job that jumps ahead** (jobs ahead cancelled in bulk, the limit raised): a start up to 2x sooner
+  than predicted is still caught before it happens; beyond that, completion is seen at most
+  ``max_poll_interval`` late, and by the next look the other waits have taught the estimate the new pace.
+- **a stalled queue** (positions stop falling): the rate fades towards zero and looks stretch to
+  ``max_poll_interval``, no further; the job next in line is still looked at every ``poll_interval``. When
+  the queue moves again, a job that starts and ends within one long delay is seen at most that late.
+- **a position that grows** (requests overtaking, e.g. fal's queue priority): counted as no progress,
+  never as a negative rate; the job's looks stretch, bounded as above.
+- **a cancelled neighbour**: the jobs behind it move up one place sooner than predicted, well inside the
+  margin that looking at half the predicted start leaves.
+
+The in-worker window uses the same estimate: a job that cannot even start before the window ends closes
+the window at once (the operator defers instead of holding its worker slot); until the queue is seen to
+move, the window runs its normal length.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -34,6 +75,18 @@ MAX_ERROR_BACKOFF = 30.0
 _NO_STREAM: set[str] = set()
 # Origins whose status stream answered with a status: ``auto`` waits there stream at once, without a probe.
 _STREAM_SERVED: set[str] = set()
+DEFAULT_MAX_POLL_INTERVAL = 60.0
+# A queued job looks again after this part of its predicted start: a 2x wrong estimate is still caught.
+LOOK_FRACTION = 0.5
+# ``auto`` opens the stream for a queued job predicted to start within this many poll intervals.
+STREAM_LEAD = 2.0
+# Seconds over which what the waits saw of a queue's pace fades (a new batch replaces an old estimate).
+DRAIN_MEMORY = 20.0
+DRAIN_MEMORY_SHORT = 3.0
+# Jobs per second no fal queue is assumed to beat before it is seen moving: 40 (the largest self-serve
+# limit) one-second jobs at once, with room to spare.
+FASTEST_DRAIN = 50.0
+TRUST_AHEAD = 2.0
 
 
 class StreamUnsupportedError(FluxReduxError):
@@ -64,24 +117,131 @@ def raise_if_failed(status: QueueStatus, request_id: str) -> None:
         )
 
 
-class PollSchedule:
-    """When to poll: first after a random part of ``interval``, then every ``interval`` (slower far back in a queue).
+def queue_key(status_url: str) -> str:
+    """The queue a status URL belongs to: its origin and endpoint (``.../fal-ai/flux-1``), without the request."""
+    return status_url.split("?")[0].rsplit("/requests/", 1)[0].lower()
 
-    The random start spreads waiters started together (a mapped task, a restarted triggerer) evenly over one
-    interval instead of polling in bursts; afterwards each polls exactly once per interval, so a job of
-    length L costs L / interval + 1 polls on average and a change is seen at most one interval late.
+
+def check_max_poll_interval(value: float, poll_interval: float) -> float:
+    """``max_poll_interval`` as a float, or an error naming the field and the values allowed."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= poll_interval:
+        raise FluxReduxError(
+            f"max_poll_interval: got {value!r}; allowed: a number of seconds >= poll_interval ({poll_interval})"
+        )
+    return float(value)
+
+
+class DrainRate:
+    """How fast one queue drains (jobs dispatched per second), learnt from the positions every wait sees.
+
+    Each wait reports how far its position fell between two looks (a start counts as falling past 0). The
+    rate is the fallen positions over the time watched, pooled over all waits, with old looks fading; of a
+    long memory (``DRAIN_MEMORY``) and a short one (``DRAIN_MEMORY_SHORT``) the faster pace counts, so a
+    queue that speeds up is followed within seconds, and one that slows down is looked at too often for a
+    while rather than too late. One job per second the queue has been watched (up to ``DRAIN_MEMORY``) is
+    added: waits that look together all see the same few seconds, so their pooled time overstates what is
+    known. Until some position has fallen the rate is unknown; when the queue first moves, the time it
+    stood still is dropped (a look that began before counts only from the last look that saw it still), or
+    its first waves would look slow. Free of I/O; times are ``time.monotonic()`` values.
     """
 
-    def __init__(self, interval: float) -> None:
+    __slots__ = ("_at", "_fallen", "_since", "_still_until", "_watched")
+
+    def __init__(self) -> None:
+        self._fallen = [0.0, 0.0]  # per memory: DRAIN_MEMORY, DRAIN_MEMORY_SHORT
+        self._watched = [0.0, 0.0]
+        self._since = 0.0
+        self._still_until = 0.0  # before the queue first moves: it was seen standing still until then
+        self._at: float | None = None
+
+    def observe(self, fallen: float, seconds: float, now: float) -> None:
+        """A wait saw its position fall by ``fallen`` in ``seconds``; a grown position counts as no progress."""
+        if seconds <= 0:
+            return
+        if self._at is None or now - self._at > 5 * DRAIN_MEMORY:  # nothing recent: start afresh
+            self._fallen, self._watched = [0.0, 0.0], [0.0, 0.0]
+            self._since, self._still_until = now - seconds, 0.0
+        else:
+            self._since = min(self._since, now - seconds)
+        if self._fallen[0] <= 0:
+            if fallen <= 0:
+                self._still_until = max(self._still_until, now)
+            else:  # the queue moves for the first time: the time it stood still says nothing about its pace
+                self._watched = [0.0, 0.0]
+        # A look that began while the queue still stood (its first wave) counts only the time since.
+        seconds = max(min(seconds, now - self._still_until), 1e-3)
+        elapsed = 0.0 if self._at is None else max(0.0, now - self._at)
+        for index, memory in enumerate((DRAIN_MEMORY, DRAIN_MEMORY_SHORT)):
+            fade = math.exp(-elapsed / memory)
+            self._fallen[index] = self._fallen[index] * fade + max(0.0, fallen)
+            self._watched[index] = self._watched[index] * fade + seconds
+        self._at = max(now, self._at or now)
+
+    @property
+    def watched(self) -> float:
+        """Seconds this queue has been watched without a pause of ``5 x DRAIN_MEMORY``; 0 before two looks."""
+        return 0.0 if self._at is None else self._at - self._since
+
+    @property
+    def rate(self) -> float | None:
+        """Jobs per second, on the optimistic side; None until some position has been seen to fall."""
+        if self._fallen[0] <= 0:
+            return None
+        pace = max(fallen / watched for fallen, watched in zip(self._fallen, self._watched, strict=True))
+        return pace + 1.0 / max(1e-3, min(DRAIN_MEMORY, self.watched))
+
+
+# One estimate per queue for the whole process: every wait of a triggerer teaches all the others.
+_DRAIN: dict[str, DrainRate] = {}
+
+
+def drain_rate(key: str) -> DrainRate:
+    rate = _DRAIN.get(key)
+    if rate is None:
+        rate = _DRAIN[key] = DrainRate()
+    return rate
+
+
+class PollSchedule:
+    """When to look: first after a random part of ``interval``, then per the job's place in its queue.
+
+    The random start spreads waiters started together (a mapped task, a restarted triggerer) evenly over one
+    interval instead of polling in bursts. A running job (or one whose position is unknown) is looked at
+    every ``interval``, so a job of length L costs L / interval + 1 polls and a change is seen at most one
+    interval late. A queued job looks again after ``LOOK_FRACTION`` of its predicted start (see the module's
+    docstring), between ``interval`` and ``max_interval``.
+
+    :param interval: The poll interval, the shortest delay.
+    :param max_interval: The longest delay, however far back the job is.
+    :param drain: The queue's drain rate, shared with the other waits on that queue.
+    """
+
+    def __init__(
+        self, interval: float, max_interval: float = DEFAULT_MAX_POLL_INTERVAL, drain: DrainRate | None = None
+    ) -> None:
         self.interval = max(0.05, interval)
+        self.max_interval = max(self.interval, max_interval)
+        self.drain = drain or DrainRate()
 
     def first_delay(self) -> float:
         return random.uniform(0.0, self.interval)
 
+    def predicted_start(self, position: int) -> float | None:
+        """Seconds until a job at ``position`` (jobs ahead) starts; None while the queue's pace is unknown."""
+        rate = self.drain.rate
+        return None if rate is None else (position + 1) / rate
+
     def next_delay(self, status: QueueStatus) -> float:
-        if status.status is QueueState.IN_QUEUE and (status.queue_position or 0) > 10:
-            return min(self.interval * 4, self.interval + 0.5 * (status.queue_position or 0))
-        return self.interval
+        position = status.queue_position
+        if status.status is not QueueState.IN_QUEUE or position is None or position == 0:
+            return self.interval
+        start = self.predicted_start(position)
+        watched = self.drain.watched
+        if start is None:
+            # The queue has not been seen to move: it may start any moment, at the fastest plausible pace.
+            start = (position + 1) / FASTEST_DRAIN
+        # An estimate learnt over ``watched`` seconds is not trusted further ahead than that.
+        return min(self.max_interval, max(self.interval, min(LOOK_FRACTION * start, TRUST_AHEAD * watched)))
 
 
 class StatusReporter:
@@ -138,6 +298,7 @@ class WaitPolicy:
     :param max_consecutive_errors: Tolerated failures (after the hook's own retries) in a row.
     :param on_status: Called with every status seen (logging, progress).
     :param logs: Ask for fal's log lines with each status.
+    :param max_poll_interval: The longest time between two looks at a queued job (see the module docstring).
     """
 
     request_id: str
@@ -149,17 +310,22 @@ class WaitPolicy:
     max_consecutive_errors: int = 5
     on_status: Callable[[QueueStatus], None] | None = None
     logs: bool = True
+    max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL
     errors: int = field(default=0, init=False)
     origin: str = field(default="", init=False)
     use_stream: bool = field(default=False, init=False)
     schedule: PollSchedule = field(init=False)
+    last: QueueStatus | None = field(default=None, init=False)
+    left_window: str | None = field(default=None, init=False)
+    _looked: tuple[float, int] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.mode not in WAIT_MODES:
             raise FluxReduxError(f"wait_mode: got {self.mode!r}; allowed: {', '.join(WAIT_MODES)}")
+        check_max_poll_interval(self.max_poll_interval, self.poll_interval)
         self.origin = stream_origin(self.status_url)
         self.refresh()
-        self.schedule = PollSchedule(self.poll_interval)
+        self.schedule = PollSchedule(self.poll_interval, self.max_poll_interval, drain_rate(queue_key(self.status_url)))
 
     def refresh(self) -> None:
         """Take up what other waits learnt about this origin's stream."""
@@ -175,19 +341,65 @@ class WaitPolicy:
 
     # -- what the waiter saw -----------------------------------------------------------------------------
 
-    def seen(self, status: QueueStatus) -> bool:
-        """Record a status; True when the job completed (then the waiter returns it)."""
+    def seen(self, status: QueueStatus, now: float | None = None) -> bool:
+        """Record a status; True when the job completed (then the waiter returns it).
+
+        A queued status teaches the queue's drain rate; one that says the job cannot start before the
+        in-worker window ends closes the window now (``left_window`` says why; ``window_over()`` turns True).
+        """
         self.errors = 0
+        self.last = status
+        self._learn(status, time.monotonic() if now is None else now)
         if self.on_status is not None:
             self.on_status(status)
         return status.status is QueueState.COMPLETED
+
+    def _learn(self, status: QueueStatus, now: float) -> None:
+        queued = status.status is QueueState.IN_QUEUE
+        position = status.queue_position if queued else None
+        if self._looked is not None and (position is not None or not queued):
+            at, before = self._looked
+            # A start is a fall past position 0: the job itself was dispatched.
+            fallen = before + 1 if position is None else before - position
+            self.schedule.drain.observe(fallen, now - at, now)
+        self._looked = None if position is None else (now, position)
+        if position is not None:
+            self._close_window_if_too_far(position)
+
+    def _close_window_if_too_far(self, position: int) -> None:
+        if self.until is None or self.left_window is not None or position == 0:
+            return
+        start = self.schedule.predicted_start(position)
+        now = time.time()
+        if start is not None and now + start > self.until and (self.deadline is None or self.until < self.deadline):
+            self.left_window = f"queue position {position}, predicted to start in ~{start:.0f} s"
+            self.until = min(self.until, now)
 
     def next_delay(self, status: QueueStatus) -> float:
         return self.schedule.next_delay(status)
 
     def first_delay(self) -> float:
-        """Before the first poll (none before a stream: it reports at once)."""
-        return 0.0 if self.use_stream else self.schedule.first_delay()
+        """Before the first look (none before a ``stream``-mode stream: it reports at once)."""
+        return 0.0 if self.mode == "stream" else self.schedule.first_delay()
+
+    def stream_now(self) -> bool:
+        """Whether the next look should be the status stream rather than a poll.
+
+        ``stream`` mode always streams. ``auto`` streams where the stream is served (or not yet known to be
+        unserved) and only for a job that runs, is next in line or is predicted to start within
+        ``STREAM_LEAD`` poll intervals: a deep-queued job polls rarely instead of holding a connection.
+        """
+        if self.mode == "stream":
+            return True
+        if not self.use_stream or self.last is None:
+            return False
+        if self.last.status is not QueueState.IN_QUEUE:
+            return True
+        position = self.last.queue_position
+        if position is None or position == 0:
+            return True
+        start = self.schedule.predicted_start(position)
+        return start is not None and start <= STREAM_LEAD * self.schedule.interval
 
     def failed(self, error: FluxReduxError) -> float:
         """A failed call: the delay before trying again, or re-raise once too many failed in a row."""

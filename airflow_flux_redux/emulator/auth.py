@@ -20,6 +20,11 @@ def authorized(state: EmulatorState, call: Call) -> bool:
     return config.key is None or hmac.compare_digest(key.encode(), config.key.encode())
 
 
+def account_of(call: Call) -> str:
+    """The account a request belongs to: its key (fal's concurrency limit and queue are per account)."""
+    return call.headers.get(b"authorization", b"").decode("latin-1").partition(" ")[2].strip()
+
+
 async def gate(state: EmulatorState, call: Call, route: str, job_id: str | None = None) -> bool:
     """Count the request and check its key; answers 401 itself and returns False when it is wrong."""
     state.by_route[route] += 1

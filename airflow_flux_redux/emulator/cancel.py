@@ -25,6 +25,5 @@ async def cancel(state: EmulatorState, call: Call, prefix: str, job_id: str) -> 
         return
     queued_from = job.start_at
     job.end_now(now, CANCELLED)
-    if job.start_at != queued_from:
-        state.table.move_start(queued_from, job.start_at)
+    state.table.ended_early(job, now, queued_from, state.config.concurrency_limit)
     await call.json(202, {"status": "CANCELLATION_REQUESTED"})

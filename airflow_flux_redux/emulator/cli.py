@@ -74,7 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name in EmulatorConfig.LIVE_NUMBERS:
         kind = int if isinstance(getattr(defaults, name), int) else float
         add(_flag(name), type=kind, default=getattr(defaults, name), help=_LIVE_HELP[name])
-    add("--workers", type=int, default=None, help="jobs running at once (default unlimited)")
+    add(
+        "--concurrency-limit",
+        "--workers",
+        dest="concurrency_limit",
+        type=int,
+        default=None,
+        help="fal's account concurrency limit: jobs IN_PROGRESS at once per key, across its endpoints; the "
+        "others wait IN_QUEUE, dispatched FIFO (default unlimited; --workers is the old name)",
+    )
     add("--seed", type=int, default=None, help="seed of the emulator's RNG (picked seeds, fault probabilities)")
     add(
         "--public-url",
@@ -113,7 +121,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         auth_scheme=args.auth_scheme,
         faults=args.fault,
         seed=args.seed,
-        workers=args.workers,
+        concurrency_limit=args.concurrency_limit,
         public_url=args.public_url,
         relay=args.relay,
         path_prefix=args.path_prefix,
@@ -127,7 +135,7 @@ def config_to_argv(config: EmulatorConfig) -> list[str]:
     argv = ["--auth-scheme", config.auth_scheme]
     for name in EmulatorConfig.LIVE_NUMBERS:
         argv += [_flag(name), str(getattr(config, name))]
-    for name in ("workers", "seed", "public_url"):
+    for name in ("concurrency_limit", "seed", "public_url"):
         if getattr(config, name) is not None:
             argv += [_flag(name), str(getattr(config, name))]
     argv += ["--relay"] if config.relay else []

@@ -65,8 +65,11 @@ class EmulatorConfig:
 
     ``key=None`` accepts any credential, but a request must still carry ``Authorization: Key <k>`` or
     ``Bearer <k>`` (per ``auth_scheme``): tests can then see that a client really sends one.
-    ``workers=None`` runs every job at once; ``workers=K`` queues jobs behind K busy runners (the
-    schedule is fixed at submit time, so a cancel does not pull later jobs forward).
+    ``concurrency_limit=None`` runs every job at once; ``concurrency_limit=C`` is fal's account concurrency
+    limit: each key (account) has at most C jobs IN_PROGRESS across all its endpoints, and its other jobs
+    wait IN_QUEUE, dispatched FIFO as its slots free up, with ``queue_position`` = the number of that key's
+    jobs ahead. A cancelled job leaves the queue (or frees its slot) and the jobs behind it move up.
+    ``workers`` is the old name of the same setting and still works.
 
     ``relay=True`` plays a "fal-compatible relay" that passes fal's answers through: submit and status
     return URLs on ``https://queue.fal.run``, the emulator serves the same paths itself with Bearer auth
@@ -91,7 +94,8 @@ class EmulatorConfig:
     short_result_ttl: float = 360.0
     public_url: str | None = None
     keepalive_seconds: float = 15.0
-    workers: int | None = None
+    concurrency_limit: int | None = None
+    workers: int | None = None  # the old name of concurrency_limit
     fetch_timeout: float = 10.0
     max_input_bytes: int = 32 * 1024 * 1024
     max_side: int = 4096
@@ -114,8 +118,16 @@ class EmulatorConfig:
     def __post_init__(self) -> None:
         if self.auth_scheme not in ("Key", "Bearer", "any"):
             raise ValueError(f"auth_scheme must be Key, Bearer or any, not {self.auth_scheme!r}")
-        if self.workers is not None and self.workers < 1:
-            raise ValueError("workers must be at least 1 (or None for unlimited)")
+        if self.workers is not None and self.concurrency_limit not in (None, self.workers):
+            raise ValueError(
+                f"concurrency_limit={self.concurrency_limit} and workers={self.workers} disagree; workers is the "
+                "old name of concurrency_limit: set only concurrency_limit"
+            )
+        if self.concurrency_limit is None:
+            self.concurrency_limit = self.workers
+        if self.concurrency_limit is not None and self.concurrency_limit < 1:
+            raise ValueError("concurrency_limit must be at least 1 (or None for unlimited)")
+        self.workers = self.concurrency_limit
         if self.relay and self.auth_scheme == "any":
             self.auth_scheme = "Bearer"  # relays take the key as a Bearer token
         prefix = self.path_prefix.strip().rstrip("/")

@@ -67,6 +67,7 @@ class Job:
         "_completed_body",
         "_head",
         "_log_entries",
+        "account",
         "auth_failures",
         "cancels",
         "expired",
@@ -81,6 +82,7 @@ class Job:
         "log_lines",
         "planned_run",
         "prefix",
+        "ready_at",
         "reported_error",
         "request",
         "response_url",
@@ -98,8 +100,11 @@ class Job:
     def __init__(
         self, job_id: str, prefix: str, request: FluxReduxRequest, seed: int, base_url: str,
         submitted: float, start_at: float, finish_at: float, log_lines: int, wall_offset: float,
+        account: str = "", ready_at: float | None = None,
     ) -> None:  # fmt: skip
         self.id = job_id
+        self.account = account  # the key: fal's concurrency limit and queue are per account
+        self.ready_at = submitted if ready_at is None else ready_at  # end of its own queue time
         self.prefix = prefix
         self.request = request
         self.image_hash = hashlib.sha256(request.image_url.encode()).hexdigest()[:16]
@@ -192,6 +197,9 @@ class Job:
     def stats(self, now: float) -> dict[str, Any]:
         return {
             "state": self.state(now).value,
+            # time.monotonic() of the emulator's host (system-wide on Linux): benchmarks compare their own clock
+            "started_at": self.start_at,
+            "finished_at": self.finish_at,
             "cancelled": self.failure is CANCELLED,
             "cancels": self.cancels,
             "status_polls": self.status_polls,
@@ -205,39 +213,96 @@ class Job:
         }
 
 
+class Account:
+    """One key's queue, as fal runs it: at most ``limit`` jobs IN_PROGRESS, the rest dispatched FIFO.
+
+    fal's concurrency limit is per account and spans all its endpoints, so jobs of one key queue behind each
+    other whatever model they call, and never behind another key's jobs.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []  # in submission (FIFO) order
+        self.starts: list[float] = []  # sorted start times: queue positions in O(log n)
+        self.free_at: list[float] = []  # heap: when each busy slot frees
+
+    def schedule(self, ready_at: float, run_seconds: float, limit: int | None) -> float:
+        """Start time of a new job ready at ``ready_at``: the first free slot after it, when a limit is set."""
+        if limit is None:
+            return ready_at
+        if len(self.free_at) < limit:
+            heapq.heappush(self.free_at, ready_at + run_seconds)
+            return ready_at
+        start = max(ready_at, self.free_at[0])
+        heapq.heapreplace(self.free_at, start + run_seconds)
+        return start
+
+    def move(self, job: Job, start: float) -> None:
+        del self.starts[bisect_left(self.starts, job.start_at)]
+        insort(self.starts, start)
+        job.finish_at = start + (job.finish_at - job.start_at)
+        job.start_at = start
+
+
 class JobTable:
-    """All jobs, plus the sorted start times that make queue positions O(log n)."""
+    """All jobs, grouped by account (key): FIFO queues whose positions are O(log n)."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
-        self._starts: list[float] = []
-        self._free_at: list[float] = []  # when each of the K workers is next free (a heap)
+        self.accounts: dict[str, Account] = {}
 
-    def schedule(self, now: float, queue_seconds: float, run_seconds: float, workers: int | None) -> float:
-        """Start time of a new job: after its queue time, and after a worker frees up when K is set."""
-        start = now + queue_seconds
-        if workers is not None:
-            if len(self._free_at) < workers:
-                heapq.heappush(self._free_at, start + run_seconds)
-            else:
-                start = max(start, self._free_at[0])
-                heapq.heapreplace(self._free_at, start + run_seconds)
-        return start
+    def account(self, name: str) -> Account:
+        account = self.accounts.get(name)
+        if account is None:
+            account = self.accounts[name] = Account()
+        return account
+
+    def schedule(self, account: str, ready_at: float, run_seconds: float, limit: int | None) -> float:
+        """Start time of a new job of ``account``: after its queue time, and after a slot frees when limited."""
+        return self.account(account).schedule(ready_at, run_seconds, limit)
 
     def add(self, job: Job) -> None:
         self.jobs[job.id] = job
-        insort(self._starts, job.start_at)
+        account = self.account(job.account)
+        account.jobs.append(job)
+        insort(account.starts, job.start_at)
 
-    def move_start(self, old: float, new: float) -> None:
-        del self._starts[bisect_left(self._starts, old)]
-        insort(self._starts, new)
+    def ended_early(self, job: Job, now: float, queued_from: float, limit: int | None) -> None:
+        """``job`` was cancelled at ``now``: it leaves the queue or frees its slot, and the jobs behind move up.
+
+        The later jobs of its account are dispatched again, FIFO, onto the slots as they are now (jobs
+        already running keep theirs); open status streams of the jobs that moved wake up.
+        """
+        account = self.account(job.account)
+        del account.starts[bisect_left(account.starts, queued_from)]
+        insort(account.starts, job.start_at)
+        if limit is None:
+            return
+        busy = [j.finish_at for j in account.jobs if j.start_at <= now < j.finish_at]
+        free = busy + [now] * max(0, limit - len(busy))
+        heapq.heapify(free)
+        for waiting in account.jobs:
+            if waiting.start_at <= now or waiting.failure is START_TIMEOUT:
+                continue  # started or done, or bound to time out before it starts (its times are fixed)
+            start = max(waiting.ready_at, free[0])
+            heapq.heapreplace(free, start + waiting.planned_run)
+            if start != waiting.start_at:
+                account.move(waiting, start)
+                if waiting.wakeup is not None:
+                    waiting.wakeup.set()
+        account.free_at = free
 
     def queue_position(self, job: Job, now: float) -> int:
-        return max(0, bisect_left(self._starts, job.start_at) - bisect_right(self._starts, now))
+        """The number of jobs of the same key ahead of ``job``."""
+        starts = self.account(job.account).starts
+        return max(0, bisect_left(starts, job.start_at) - bisect_right(starts, now))
 
-    def queue_length(self, now: float) -> int:
-        return len(self._starts) - bisect_right(self._starts, now)
+    def queue_length(self, now: float, account: str | None = None) -> int:
+        """Jobs waiting IN_QUEUE: of one key, or of all keys."""
+        accounts = self.accounts.values() if account is None else [self.account(account)]
+        return sum(len(a.starts) - bisect_right(a.starts, now) for a in accounts)
 
-    def next_start(self, now: float) -> float | None:
-        index = bisect_right(self._starts, now)
-        return self._starts[index] if index < len(self._starts) else None
+    def next_start(self, job: Job, now: float) -> float | None:
+        """When the next job of ``job``'s key starts (its queue position changes then)."""
+        starts = self.account(job.account).starts
+        index = bisect_right(starts, now)
+        return starts[index] if index < len(starts) else None

@@ -37,6 +37,7 @@ class EmulatorState:
         self.by_route: Counter[str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.images_submitted: Counter[str] = Counter()
+        self.streams_open = self.streams_open_peak = 0
         self.rng = random.Random(self.config.seed)
 
     def http(self) -> httpx.AsyncClient:
@@ -88,6 +89,8 @@ class EmulatorState:
             "requests_by_route": {route: self.by_route[route] for route in ROUTES},
             "faults_fired": dict(self.faults.fired),
             "queue_length": self.table.queue_length(now),
+            "streams_open": self.streams_open,
+            "streams_open_peak": self.streams_open_peak,
             "submissions_by_image_url": dict(self.images_submitted),
         }
         if not summary:

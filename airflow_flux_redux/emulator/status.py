@@ -51,20 +51,23 @@ async def stream(state: EmulatorState, call: Call, prefix: str, job_id: str) -> 
     if job.wakeup is None:
         job.wakeup = asyncio.Event()
     disconnected = asyncio.ensure_future(call.wait_for_disconnect())
-    woken = asyncio.ensure_future(job.wakeup.wait())
+    state.streams_open += 1
+    state.streams_open_peak = max(state.streams_open_peak, state.streams_open)
     try:
-        await _events(state, call, job, disconnected, woken)
+        await _events(state, call, job, disconnected)
     finally:
+        state.streams_open -= 1
         disconnected.cancel()
-        woken.cancel()
 
 
-async def _events(
-    state: EmulatorState, call: Call, job: Job, disconnected: asyncio.Future[None], woken: asyncio.Future[Any]
-) -> None:
-    """Send an event per change and a keep-alive comment when idle; sleep until the next known change."""
+async def _events(state: EmulatorState, call: Call, job: Job, disconnected: asyncio.Future[None]) -> None:
+    """Send an event per change and a keep-alive comment when idle; sleep until the next known change.
+
+    A cancel (of this job, or of one ahead of it that moves it up) wakes the stream early.
+    """
     logs, keepalive = call.flag("logs"), state.config.keepalive_seconds
     last, keepalive_at = b"", time.monotonic() + keepalive
+    assert job.wakeup is not None
     while True:
         code, body = await _status_of(state, job, logs)
         if body != last:
@@ -77,8 +80,13 @@ async def _events(
         if now >= keepalive_at:
             await call.send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
             keepalive_at = now + keepalive
-        wake_at = min(job.next_change(now, logs, state.table.next_start(now)), keepalive_at)
-        timeout = max(0.0, wake_at - now)
-        done, _ = await asyncio.wait({disconnected, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        wake_at = min(job.next_change(now, logs, state.table.next_start(job, now)), keepalive_at)
+        woken = asyncio.ensure_future(job.wakeup.wait())
+        waiters: set[asyncio.Future[Any]] = {disconnected, woken}
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=max(0.0, wake_at - now), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
         if disconnected in done:
             return
+        job.wakeup.clear()  # every stream's waiter was woken when it was set; wait for the next change

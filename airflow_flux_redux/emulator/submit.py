@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from airflow_flux_redux.emulator import faults
-from airflow_flux_redux.emulator.auth import gate
+from airflow_flux_redux.emulator.auth import account_of, gate
 from airflow_flux_redux.emulator.call import MAX_BODY
 from airflow_flux_redux.emulator.jobs import START_TIMEOUT, Failure, Job, model_error, request_error
 from airflow_flux_redux.emulator.options import read_options
@@ -85,7 +85,7 @@ async def submit(state: EmulatorState, call: Call) -> None:
     request = await _parse(call)
     if request is None:
         return
-    limit, queued = options.max_queue_length, state.table.queue_length(time.monotonic())
+    limit, queued = options.max_queue_length, state.table.queue_length(time.monotonic(), account_of(call))
     if limit is not None and queued >= limit:
         message = f"{queued} requests are queued, fal_max_queue_length={limit}"
         full = request_error(429, "queue_full", message, [(b"x-fal-needs-retry", b"1")])
@@ -118,11 +118,12 @@ def _accept(state: EmulatorState, call: Call, prefix: str, request: FluxReduxReq
     queue_seconds, run_seconds = config.timing_for(request.seed)
     queue_seconds = _float_header(call, b"x-emulator-queue-seconds", queue_seconds) or 0.0
     run_seconds = _float_header(call, b"x-emulator-run-seconds", run_seconds) or 0.0
-    start = state.table.schedule(now, queue_seconds, run_seconds, config.workers)
+    account = account_of(call)
+    start = state.table.schedule(account, now + queue_seconds, run_seconds, config.concurrency_limit)
     seed = request.seed if request.seed is not None else state.rng.randrange(2**31)
     job = Job(
         str(uuid.uuid4()), prefix, request, seed, state.queue_url(call),
-        now, start, start + run_seconds, config.log_lines, time.time() - now,
+        now, start, start + run_seconds, config.log_lines, time.time() - now, account, now + queue_seconds,
     )  # fmt: skip
     failure: Failure | None = None
     deadline = _float_header(call, b"x-fal-request-timeout", None)

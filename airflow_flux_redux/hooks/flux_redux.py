@@ -440,11 +440,12 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
                 return status
         raise policy.timeout_error(outcome)
 
-    async def _follow(self, handle: QueueHandle, policy: WaitPolicy) -> QueueStatus:
+    async def _follow(self, handle: QueueHandle, policy: WaitPolicy) -> QueueStatus | None:
+        """Polls, and the stream once the policy says the job is near the head of its queue or running."""
         await asyncio.sleep(policy.first_delay())
         while True:
             try:
-                if policy.use_stream:
+                if policy.stream_now():
                     probe = await stream_probe(policy)
                     if policy.use_stream:
                         return await self._follow_stream(handle, policy, probe)
@@ -453,6 +454,8 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
                     status = await self.status(handle, logs=policy.logs)
                     if policy.seen(status):
                         return status
+                    if policy.window_over():
+                        return None  # the queue says the job cannot start within the window: leave now
                     delay = policy.next_delay(status)
             except TOLERATED as err:
                 delay = policy.failed(err)
@@ -460,7 +463,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
 
     async def _follow_stream(
         self, handle: QueueHandle, policy: WaitPolicy, probe: asyncio.Future[bool | None] | None
-    ) -> QueueStatus:
+    ) -> QueueStatus | None:
         """The stream until COMPLETED; when this wait probes its origin, tell the others what it found."""
         try:
             async for status in self.stream(handle, logs=policy.logs, fallback_when_busy=policy.mode == "auto"):
@@ -469,6 +472,8 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
                     probe.set_result(True)
                 if policy.seen(status):
                     return status
+                if policy.window_over():
+                    return None
             raise FluxReduxProtocolError("status stream closed before COMPLETED", request_id=handle.request_id)
         except StreamUnsupportedError as err:
             if probe is not None and not probe.done() and not err.busy:

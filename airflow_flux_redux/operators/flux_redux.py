@@ -48,7 +48,14 @@ from airflow_flux_redux.operators._output import (
 )
 from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger
 from airflow_flux_redux.version_compat import DEFER_EVENT_HOLD, log_degraded_features
-from airflow_flux_redux.wait import StatusReporter, WaitMode, WaitPolicy, raise_if_failed
+from airflow_flux_redux.wait import (
+    DEFAULT_MAX_POLL_INTERVAL,
+    StatusReporter,
+    WaitMode,
+    WaitPolicy,
+    check_max_poll_interval,
+    raise_if_failed,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -105,8 +112,11 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
     :param deferrable: Wait in the triggerer (the default). ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``
         changes the default; airflow.cfg's value is not used, as Airflow writes ``false`` there by default.
     :param defer_after: Seconds (or ``timedelta``) to follow the job in the worker before deferring; a job that
-        completes sooner finishes right there. 0 defers at once. Only with ``deferrable``.
-    :param poll_interval: Seconds between status polls.
+        completes sooner finishes right there. 0 defers at once. Only with ``deferrable``. A job whose place in
+        fal's queue says it cannot start within the window defers as soon as that is known (1-2 looks).
+    :param poll_interval: Seconds between status polls of a running job (the shortest delay).
+    :param max_poll_interval: The longest delay between two looks at a job waiting in fal's queue (default
+        60 s): a queued job is looked at less often the further back it is (``airflow_flux_redux.wait``).
     :param timeout: The whole wait (seconds or ``timedelta``), from submit; the remote job is cancelled
         when it passes.
     :param cancel_on_kill: Cancel the remote job when the task is killed or marked failed while deferred.
@@ -158,6 +168,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         timeout: float | timedelta = timedelta(hours=1),
         cancel_on_kill: bool = True,
         wait_mode: WaitMode = "auto",
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
         max_input_bytes: int = 10 * 1024 * 1024,
         max_image_bytes: int = 64 * 1024 * 1024,
         **kwargs: Any,
@@ -181,6 +192,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
         self.cancel_on_kill = cancel_on_kill
         self.wait_mode = wait_mode
+        self.max_poll_interval = check_max_poll_interval(max_poll_interval, poll_interval)
         self.max_input_bytes = max_input_bytes
         self.max_image_bytes = max_image_bytes
         _validate_literals(
@@ -293,7 +305,6 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
                 self._result = self.hook.result(handle)
                 self._metrics = final.metrics
                 return
-            self.log.info("Request %s still running after %.0fs; deferring.", handle.request_id, self.defer_after)
         self.defer(
             trigger=FluxReduxTrigger(
                 handle=handle.to_dict(),
@@ -304,13 +315,18 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
                 cancel_on_kill=self.cancel_on_kill,
                 not_before=_not_before(),
                 input_reference=input_reference(self.image_url),
+                max_poll_interval=self.max_poll_interval,
             ),
             method_name="execute_complete",
             timeout=None,
         )
 
     def _follow_in_worker(self, handle: QueueHandle, deadline: float, until: float | None) -> QueueStatus | None:
-        """The trigger's own wait (``FluxReduxAsyncHook.follow``: stream or polling), run in this worker."""
+        """The trigger's own wait (``FluxReduxAsyncHook.follow``: stream or polling), run in this worker.
+
+        Returns None when the window ended first, or as soon as the job's queue position says it cannot start
+        within the window: then the task defers instead of holding its worker slot.
+        """
         settings = self.hook.settings
         policy = WaitPolicy(
             request_id=handle.request_id,
@@ -320,6 +336,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             poll_interval=self.poll_interval,
             mode=self.wait_mode,
             on_status=StatusReporter(self.log, handle.request_id),
+            max_poll_interval=self.max_poll_interval,
         )
 
         async def follow() -> QueueStatus | None:
@@ -330,7 +347,17 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             finally:
                 await hook.aclose_loop_clients()
 
-        return asyncio.run(follow())
+        final = asyncio.run(follow())
+        if final is None and policy.left_window:
+            self.log.info(
+                "Request %s is deep in fal's queue (%s), past the %.0fs in-worker window; deferring now.",
+                handle.request_id,
+                policy.left_window,
+                self.defer_after,
+            )
+        elif final is None:
+            self.log.info("Request %s still running after %.0fs; deferring.", handle.request_id, self.defer_after)
+        return final
 
     def get_job_result(self, external_id: JsonValue, context: Context) -> dict[str, Any]:
         handle, _ = _stored(external_id)

@@ -18,7 +18,13 @@ from airflow_flux_redux.exceptions import (
 )
 from airflow_flux_redux.hooks.flux_redux import FluxReduxAsyncHook
 from airflow_flux_redux.models import QueueHandle, QueueStatus
-from airflow_flux_redux.wait import StatusReporter, WaitMode, WaitPolicy, raise_if_failed
+from airflow_flux_redux.wait import (
+    DEFAULT_MAX_POLL_INTERVAL,
+    StatusReporter,
+    WaitMode,
+    WaitPolicy,
+    raise_if_failed,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -77,10 +83,13 @@ class FluxReduxTrigger(BaseTrigger):
     :param handle: The queue handle (``QueueHandle.to_dict()``: request id and the URLs to call).
     :param deadline: Absolute wall-clock deadline (epoch seconds); the job is cancelled when it passes.
     :param flux_redux_conn_id: The Airflow connection to use.
-    :param poll_interval: Seconds between status polls.
-    :param wait_mode: ``auto`` (the default: the status stream, polling where it is not served or where it
-        would need one more HTTP/1.1 connection past ``MAX_STREAMS``), ``stream`` (Server-Sent Events
-        only) or ``poll``. The stream sees a change within milliseconds (see benchmarks/README.md).
+    :param poll_interval: Seconds between status polls of a running job (the shortest delay).
+    :param max_poll_interval: The longest delay between two looks at a job waiting in fal's queue: a queued
+        job is looked at less often the further back it is (``airflow_flux_redux.wait``). Default 60 s.
+    :param wait_mode: ``auto`` (the default: polling while the job waits deep in fal's queue, the status
+        stream once it is near the head or running, where the stream is served and a connection is free),
+        ``stream`` (Server-Sent Events only, for the whole wait) or ``poll``. The stream sees a change within
+        milliseconds (see benchmarks/README.md).
     :param forward_logs: Log queue position changes and fal's log lines (they show in the task log).
     :param cancel_on_kill: Cancel the remote job when a user marks the deferred task failed/success or clears it.
     :param max_consecutive_errors: Transient failures (after the hook's own retries) tolerated in a row.
@@ -105,6 +114,7 @@ class FluxReduxTrigger(BaseTrigger):
         max_consecutive_errors: int = 5,
         not_before: float | None = None,
         input_reference: str | None = None,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
     ) -> None:
         super().__init__()
         self.handle = QueueHandle.from_dict(handle)
@@ -117,6 +127,7 @@ class FluxReduxTrigger(BaseTrigger):
         self.max_consecutive_errors = max_consecutive_errors
         self.not_before = None if not_before is None else float(not_before)
         self.input_reference = input_reference
+        self.max_poll_interval = float(max_poll_interval)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -132,6 +143,7 @@ class FluxReduxTrigger(BaseTrigger):
                 "max_consecutive_errors": self.max_consecutive_errors,
                 "not_before": self.not_before,
                 "input_reference": self.input_reference,
+                "max_poll_interval": self.max_poll_interval,
             },
         )
 
@@ -150,6 +162,7 @@ class FluxReduxTrigger(BaseTrigger):
             max_consecutive_errors=self.max_consecutive_errors,
             on_status=StatusReporter(self.log, handle.request_id, forward_logs=self.forward_logs),
             logs=self.forward_logs,
+            max_poll_interval=self.max_poll_interval,
         )
         try:
             final = await hook.follow(handle, policy)

@@ -241,10 +241,11 @@ def test_the_event_hold_follows_airflows_config(flux_conn, image_uri, monkeypatc
 
 
 def test_the_worker_wait_is_the_triggers_wait_with_the_stream(flux_conn, image_uri) -> None:
-    """Where the stream is served the in-worker wait uses it (no polling), like the trigger."""
+    """Where the stream is served the in-worker wait uses it, like the trigger: one look first (where is the
+    job in fal's queue?), then the stream for a job that runs or is next in line."""
     operator(image_url=image_uri, deferrable=False).execute(context())
     routes = flux_conn.stats()["requests_by_route"]
-    assert routes.get("stream", 0) == 1 and routes.get("status", 0) == 0
+    assert routes.get("stream", 0) == 1 and routes.get("status", 0) == 1
 
 
 def test_the_input_image_is_read_once_per_try(flux_conn, input_file, monkeypatch) -> None:

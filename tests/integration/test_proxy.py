@@ -109,7 +109,8 @@ async def test_async_hook_wait_streams_through_the_proxy(behind_proxy, image_uri
     result = await hook.wait(handle, poll_interval=0.05)
     await ASYNC_CLIENTS.aclose()
     assert result.images
-    assert routes(proxy) == ["submit", "stream", "result"]
+    seen = routes(proxy)  # a look first (where is the job in the queue?), then the stream: all via the proxy
+    assert seen[0] == "submit" and seen[-2:] == ["stream", "result"] and set(seen[1:-2]) == {"status"}
     assert emulator.stats()["submissions"] == 1
 
 
@@ -130,7 +131,7 @@ async def test_relay_polls_through_the_proxy(clean_env, image_uri) -> None:
         proxy.__exit__()
     kinds = routes(proxy)
     assert kinds[0] == "submit" and kinds[-1] == "result" and kinds.count("status") >= 2
-    assert "stream" in kinds[:2]  # auto asked for the stream once, the relay refused it
+    assert kinds.count("stream") == 1  # auto asked for the stream once (the job about to run), the relay refused it
 
 
 def test_operator_finishing_in_the_worker_goes_through_the_proxy(behind_proxy, image_uri, tmp_path) -> None:

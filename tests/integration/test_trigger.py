@@ -245,4 +245,5 @@ async def test_where_the_stream_is_served_every_auto_wait_streams(flux_conn, ima
     results = await asyncio.gather(*(events(trigger) for trigger in triggers))
     assert all(event["status"] == "success" for (event,) in results)
     routes = flux_conn.stats()["requests_by_route"]
-    assert routes["stream"] == 6 and routes.get("status", 0) == 0
+    # A look or two first (where is the job in the queue?), then the stream once it runs or is next in line.
+    assert routes["stream"] == 6 and routes.get("status", 0) <= 2 * 6

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from airflow_flux_redux import exceptions
 from airflow_flux_redux.exceptions import FluxReduxError, FluxReduxTransportError, error_from_dict
 from airflow_flux_redux.models import QueueState, QueueStatus
-from airflow_flux_redux.wait import PollSchedule, StreamUnsupportedError, WaitPolicy
+from airflow_flux_redux.wait import DrainRate, PollSchedule, StreamUnsupportedError, WaitPolicy
 
 RUNNING = QueueStatus(status=QueueState.IN_PROGRESS)
 
@@ -40,9 +40,12 @@ def test_a_change_is_seen_at_most_one_interval_late() -> None:
     assert all(schedule.next_delay(RUNNING) <= 1.0 for _ in range(20))
 
 
-def test_far_back_in_the_queue_polls_slower() -> None:
-    schedule = PollSchedule(1.0)
-    schedule.next_delay(RUNNING)
+def test_far_back_in_a_queue_seen_moving_polls_slower() -> None:
+    """More in tests/unit/test_wait_queue.py: the queue-aware rule, case by case."""
+    drain = DrainRate()
+    drain.observe(4, 1.0, now=1.0)
+    schedule = PollSchedule(1.0, drain=drain)
+    assert schedule.next_delay(RUNNING) == 1.0
     assert schedule.next_delay(QueueStatus(status=QueueState.IN_QUEUE, queue_position=40)) > 1.0
 
 

@@ -1,0 +1,91 @@
+"""Waits against an emulator that queues like fal's account limit: deep-queued jobs, the window, the stream.
+
+The emulator runs 2 jobs at once per key (a new fal account's limit); the jobs over it wait IN_QUEUE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from airflow.providers.common.compat.sdk import TaskDeferred
+
+from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer
+from airflow_flux_redux.hooks.flux_redux import ASYNC_CLIENTS, FluxReduxHook
+from airflow_flux_redux.operators.flux_redux import FluxReduxOperator
+from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger
+from tests.conftest import API_KEY, connection_json, context
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+LIMIT = 2
+
+
+@pytest.fixture(scope="module")
+def fal_queue() -> Iterator[EmulatorServer]:
+    config = EmulatorConfig(key=API_KEY, concurrency_limit=LIMIT, queue_seconds=0.0, run_seconds=1.5, log_lines=2)
+    with EmulatorServer(config) as server:
+        yield server
+
+
+@pytest.fixture
+def queue_conn(fal_queue: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> EmulatorServer:
+    fal_queue.reset()
+    fal_queue.configure(run_seconds=1.5)
+    monkeypatch.setenv("AIRFLOW_CONN_FLUX_REDUX_DEFAULT", connection_json(fal_queue.url))
+    monkeypatch.delenv("FAL_KEY", raising=False)
+    return fal_queue
+
+
+def fill_queue(emu: EmulatorServer, jobs: int, image_uri: str) -> None:
+    """Jobs of the same account (key) submitted first: ours queues behind them."""
+    with httpx.Client(base_url=emu.url, headers={"Authorization": f"Key {API_KEY}"}, timeout=10) as http:
+        for _ in range(jobs):
+            http.post("/fal-ai/flux-1/schnell/redux", json={"image_url": image_uri}).raise_for_status()
+
+
+def test_a_deep_queued_task_defers_at_once_instead_of_holding_its_worker_slot(queue_conn, image_uri, logs) -> None:
+    fill_queue(queue_conn, 60, image_uri)  # 58 queued ahead at 1.33 jobs/s: ~45 s before ours can start
+    started = time.monotonic()
+    with pytest.raises(TaskDeferred):
+        FluxReduxOperator(task_id="deep", image_url=image_uri).execute(context())  # defaults: defer_after=10
+    held = time.monotonic() - started
+    assert held <= 4.0, f"held the worker slot {held:.1f} s for a job that cannot start within the window"
+    assert "deep in fal's queue (queue position" in logs()
+    assert queue_conn.stats()["submissions"] == 61
+
+
+def test_a_job_near_the_head_of_the_queue_still_finishes_in_the_worker(queue_conn, image_uri) -> None:
+    fill_queue(queue_conn, 3, image_uri)  # one ahead in the queue: ours starts in ~1.5 s, ends in ~3 s
+    result = FluxReduxOperator(task_id="near", image_url=image_uri).execute(context())
+    assert result["images"]
+
+
+async def test_many_triggers_on_one_account_hold_streams_only_near_the_head(queue_conn, image_uri) -> None:
+    queue_conn.configure(run_seconds=0.5)
+    handles = [FluxReduxHook().submit({"image_url": image_uri}) for _ in range(24)]  # ~6 s to drain at C = 2
+    deadline = time.time() + 120
+    triggers = [FluxReduxTrigger(handle=h.to_dict(), deadline=deadline, poll_interval=0.5) for h in handles]
+
+    async def event(trigger: FluxReduxTrigger) -> dict[str, Any]:
+        async for fired in trigger.run():
+            return fired.payload
+        raise AssertionError("no event")
+
+    try:
+        payloads = await asyncio.gather(*(event(trigger) for trigger in triggers))
+    finally:
+        await ASYNC_CLIENTS.aclose()
+    assert [payload["status"] for payload in payloads] == ["success"] * len(handles)
+    stats = queue_conn.stats()
+    per_job = stats["requests"]
+    assert all(job["stream_opens"] <= 1 for job in per_job.values())
+    # The 2 running and the few about to start stream; the ones deep in the queue hold no connection.
+    assert stats["streams_open_peak"] <= 10, stats["streams_open_peak"]
+    # Polling every 0.5 s for the ~6 s the last jobs wait would cost ~12 looks each; these look a few times.
+    polls = sorted(job["status_polls"] for job in per_job.values())
+    assert polls[-1] <= 8, polls
