@@ -36,6 +36,7 @@ async def events(trigger: FluxReduxTrigger) -> list[dict]:
 
 
 async def test_success_event_carries_everything_the_resume_needs(flux_conn, image_uri, logs) -> None:
+    flux_conn.configure(queue_seconds=0.5)  # the first look sees the queue, however busy the machine
     trigger = make_trigger(image_uri)
     (event,) = await events(trigger)
     assert event["status"] == "success"
