@@ -17,7 +17,8 @@ The tests read what is on the page (text and links in the DOM) and save screensh
 * the gallery answers 401 without a token and 403 to a user without access to the DAG (a second API
   server of the same deployment with the simple auth manager's login on, not all-admins).
 
-The gallery screenshots are also written to ``docs/screenshots/`` for the README.
+The gallery screenshots are also written, as the README's copies, to ``docs/screenshots/`` when
+``FLUX_REDUX_REFRESH_SCREENSHOTS=1`` (``scripts/refresh-screenshots``), else to ``test-artifacts/``.
 """
 
 from __future__ import annotations
@@ -48,7 +49,13 @@ pytestmark = pytest.mark.airflow
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("FLUX_REDUX_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(os.environ.get("FLUX_REDUX_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "browser"
-DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
+# The README's copies are refreshed only when asked (scripts/refresh-screenshots); a plain test run leaves
+# git status clean and puts them with the other artifacts.
+DOCS_SCREENSHOTS = (
+    ROOT / "docs" / "screenshots"
+    if os.environ.get("FLUX_REDUX_REFRESH_SCREENSHOTS") == "1"
+    else ROOT / "test-artifacts" / "docs-screenshots"
+)
 DAG_ID, TASK_ID = "example_flux_redux", "vary_image"
 MAPPED_DAG_ID, MAPPED_TASK_ID = "e2e_flux_redux_mapped", "vary_many"
 # As root in a container, with no network but loopback: no sandbox, no GPU, nothing phoning home.
