@@ -98,3 +98,11 @@ def test_a_dag_file_with_a_literal_bad_argument_is_an_import_error(tmp_path: Pat
     assert list(errors) == ["redux_bad.py"]
     assert "num_images: got 0; allowed: an integer 1..4 (default 1)" in errors["redux_bad.py"]
     assert "redux_templated" in bag.dag_ids
+
+
+@pytest.mark.parametrize("value", [0.5, -1, "60", True])
+def test_a_bad_max_poll_interval_fails_when_the_dag_is_parsed_naming_the_field(value: Any) -> None:
+    from airflow_flux_redux.exceptions import FluxReduxError
+
+    with pytest.raises(FluxReduxError, match=r"max_poll_interval: got .*; allowed: a number of seconds >= poll"):
+        FluxReduxOperator(task_id="vary", image_url=URL, poll_interval=1.0, max_poll_interval=value)
