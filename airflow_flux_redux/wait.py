@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 WaitMode = Literal["poll", "stream", "auto"]
 WAIT_MODES: tuple[str, ...] = ("poll", "stream", "auto")
 POSITION_LOG_INTERVAL = 10.0
+# fal's own log lines wait at most this long for a state change to be written with (StatusReporter).
+FAL_LOG_INTERVAL = 10.0
 MAX_ERROR_BACKOFF = 30.0
 # Origins whose status stream answered "not served": ``auto`` polls there from the start, so a relay
 # without the stream costs no extra connection per wait (one process learns it once per origin).
@@ -245,10 +247,15 @@ class PollSchedule:
 
 
 class StatusReporter:
-    """Log what changed between statuses: state, queue position, and fal's new log lines.
+    """Log what changed between statuses, in as few log records as a reader needs.
 
-    Logs only on change (the queue position at most every POSITION_LOG_INTERVAL seconds), so thousands of
-    waits do not flood the triggerer's log.
+    A log record is the costliest thing a wait does between its HTTP calls: the triggerer renders it to
+    JSON and sends it to its supervisor, which writes it again (about as much CPU as a status poll). So a
+    wait writes one record per state change (IN_QUEUE with its position, IN_PROGRESS, COMPLETED), the queue
+    position at most every ``POSITION_LOG_INTERVAL`` seconds, and fal's own log lines gathered: they go
+    out with the next of those records, or on their own once ``FAL_LOG_INTERVAL`` seconds have passed since
+    the last record, one line of the record per line of fal's, in the order they happened. ``flush()``
+    writes what is still gathered (the waiter stops without a state change: the window ended, an error).
     """
 
     def __init__(self, log: Any, request_id: str, *, forward_logs: bool = True) -> None:
@@ -259,29 +266,43 @@ class StatusReporter:
         self._position: int | None = None
         self._position_logged = 0.0
         self._seen_logs = 0
+        self._gathered: list[str] = []
+        self._written = time.monotonic()
 
     def __call__(self, status: QueueStatus) -> None:
+        if self.forward_logs and status.logs and len(status.logs) > self._seen_logs:
+            self._gathered.extend(f"fal: {entry.message}" for entry in status.logs[self._seen_logs :])
+            self._seen_logs = len(status.logs)
+        now = time.monotonic()
         queued = status.status is QueueState.IN_QUEUE
         if status.status is not self._state:
             self._state = status.status
             if queued:  # one line for the state and the position it starts at
-                self._position, self._position_logged = status.queue_position, time.monotonic()
-                self.log.info("fal request %s is IN_QUEUE, queue position %s", self.request_id, self._position)
+                self._position, self._position_logged = status.queue_position, now
+                self._write(now, last=f"fal request {self.request_id} is IN_QUEUE, queue position {self._position}")
+            elif status.status is QueueState.IN_PROGRESS:  # fal's lines of a running job come after its start
+                self._write(now, first=f"fal request {self.request_id} is IN_PROGRESS")
             else:
-                self.log.info("fal request %s is %s", self.request_id, status.status.value)
+                self._write(now, last=f"fal request {self.request_id} is {status.status.value}")
         elif (
-            queued
-            and status.queue_position != self._position
-            and time.monotonic() >= self._position_logged + POSITION_LOG_INTERVAL
+            queued and status.queue_position != self._position and now >= self._position_logged + POSITION_LOG_INTERVAL
         ):
             # In a long queue the position changes at every poll: one line per interval, not one per poll.
-            self._position = status.queue_position
-            self._position_logged = time.monotonic()
-            self.log.info("fal request %s: queue position %s", self.request_id, status.queue_position)
-        if self.forward_logs and status.logs and len(status.logs) > self._seen_logs:
-            for entry in status.logs[self._seen_logs :]:
-                self.log.info("fal: %s", entry.message)
-            self._seen_logs = len(status.logs)
+            self._position, self._position_logged = status.queue_position, now
+            self._write(now, last=f"fal request {self.request_id}: queue position {status.queue_position}")
+        elif self._gathered and now >= self._written + FAL_LOG_INTERVAL:
+            self._write(now)
+
+    def flush(self) -> None:
+        """Write fal's lines gathered since the last record, if any."""
+        if self._gathered:
+            self._write(time.monotonic())
+
+    def _write(self, now: float, *, first: str | None = None, last: str | None = None) -> None:
+        lines = [*([first] if first else []), *self._gathered, *([last] if last else [])]
+        self._gathered = []
+        self._written = now
+        self.log.info("%s", "\n".join(lines))
 
 
 @dataclass
@@ -407,7 +428,7 @@ class WaitPolicy:
             if not error.busy:
                 _NO_STREAM.add(self.origin)
             self.use_stream = False
-            return self.schedule.first_delay()
+            return 0.0  # poll now: the look this wait was due for, at its own pace
         if not isinstance(error, TOLERATED):
             raise error
         self.errors += 1

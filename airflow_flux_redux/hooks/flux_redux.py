@@ -449,7 +449,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
                     probe = await stream_probe(policy)
                     if policy.use_stream:
                         return await self._follow_stream(handle, policy, probe)
-                    delay = policy.first_delay()  # another wait found no stream here: poll, spread out
+                    delay = 0.0  # another wait found no stream here: poll now, at this wait's own pace
                 else:
                     status = await self.status(handle, logs=policy.logs)
                     if policy.seen(status):

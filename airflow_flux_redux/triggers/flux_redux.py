@@ -153,6 +153,7 @@ class FluxReduxTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         handle = self.handle
         hook = self._hook()
+        reporter = StatusReporter(self.log, handle.request_id, forward_logs=self.forward_logs)
         policy = WaitPolicy(
             request_id=handle.request_id,
             status_url=handle.status_url,
@@ -160,12 +161,15 @@ class FluxReduxTrigger(BaseTrigger):
             poll_interval=self.poll_interval,
             mode=self.wait_mode,
             max_consecutive_errors=self.max_consecutive_errors,
-            on_status=StatusReporter(self.log, handle.request_id, forward_logs=self.forward_logs),
+            on_status=reporter,
             logs=self.forward_logs,
             max_poll_interval=self.max_poll_interval,
         )
         try:
-            final = await hook.follow(handle, policy)
+            try:
+                final = await hook.follow(handle, policy)
+            finally:
+                reporter.flush()
             assert final is not None  # no window: a status or an error
             event = await self._finish(hook, handle, final)
         except FluxReduxError as err:

@@ -77,8 +77,9 @@ def test_an_error_that_is_not_transient_ends_the_wait_at_once() -> None:
 def test_auto_learns_once_per_origin_that_the_stream_is_not_served() -> None:
     first = policy(status_url="https://relay-b.example.com/fal-ai/flux-1/requests/1/status")
     assert first.use_stream
-    # It polls next, within one interval (spread like any poller's first look), and so do the others.
-    assert 0.0 <= first.failed(StreamUnsupportedError("HTTP 404")) <= first.poll_interval and not first.use_stream
+    # It polls at once: the look it was due for, so its looks stay one interval apart (no extra gap in which
+    # a completion would be seen late).
+    assert first.failed(StreamUnsupportedError("HTTP 404")) == 0.0 and not first.use_stream
     # The next wait on that origin polls from the start: no stream request, no extra connection.
     assert not policy(status_url="https://relay-b.example.com/fal-ai/flux-1/requests/2/status").use_stream
     assert policy(status_url="https://other.example.com/fal-ai/flux-1/requests/2/status").use_stream
@@ -128,26 +129,69 @@ def test_every_error_crosses_json_as_the_same_class_with_its_fields(cls: type[Fl
     assert again.to_dict() == error.to_dict()
 
 
-def test_the_reporter_logs_each_change_once_and_the_queue_in_one_line() -> None:
+class _Records:
+    """A logger that keeps each record as the text it would write."""
+
+    def __init__(self) -> None:
+        self.records: list[str] = []
+
+    def info(self, message: str, *args: object) -> None:
+        self.records.append(message % args)
+
+
+def test_the_reporter_writes_one_record_per_state_change_with_fals_lines_in_order() -> None:
     from airflow_flux_redux.models import LogEntry
     from airflow_flux_redux.wait import StatusReporter
 
-    lines: list[str] = []
-
-    class Log:
-        def info(self, message: str, *args: object) -> None:
-            lines.append(message % args)
-
-    report = StatusReporter(Log(), "r-1")
+    log = _Records()
+    report = StatusReporter(log, "r-1")
     report(QueueStatus(status=QueueState.IN_QUEUE, queue_position=3))
     report(QueueStatus(status=QueueState.IN_QUEUE, queue_position=2))  # within 10 s of the last position line
     report(QueueStatus(status=QueueState.IN_PROGRESS, logs=[LogEntry(message="step 1")]))
-    report(QueueStatus(status=QueueState.IN_PROGRESS, logs=[LogEntry(message="step 1"), LogEntry(message="step 2")]))
-    report(QueueStatus(status=QueueState.COMPLETED))
-    assert lines == [
+    report(QueueStatus(status=QueueState.IN_PROGRESS, logs=[LogEntry(message="step 1"), LogEntry(message="50% done")]))
+    report(QueueStatus(status=QueueState.COMPLETED, logs=[LogEntry(message="step 1"), LogEntry(message="50% done")]))
+    # Three records for the whole wait; every line of fal's once, in the order it happened, "%" kept as is.
+    assert log.records == [
         "fal request r-1 is IN_QUEUE, queue position 3",
-        "fal request r-1 is IN_PROGRESS",
-        "fal: step 1",
-        "fal: step 2",
-        "fal request r-1 is COMPLETED",
+        "fal request r-1 is IN_PROGRESS\nfal: step 1",
+        "fal: 50% done\nfal request r-1 is COMPLETED",
     ]
+
+
+def test_fals_lines_of_a_long_run_go_out_every_interval_and_at_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_flux_redux import wait
+    from airflow_flux_redux.models import LogEntry
+
+    clock = [1000.0]
+    monkeypatch.setattr(wait.time, "monotonic", lambda: clock[0])
+    log = _Records()
+    report = wait.StatusReporter(log, "r-2")
+    entries: list[LogEntry] = []
+
+    def running(*messages: str, after: float) -> None:
+        clock[0] += after
+        entries.extend(LogEntry(message=m) for m in messages)
+        report(QueueStatus(status=QueueState.IN_PROGRESS, logs=list(entries)))
+
+    running(after=0.0)
+    running("a", after=1.0)
+    running("b", after=wait.FAL_LOG_INTERVAL - 2.0)  # still within the interval: gathered
+    assert log.records == ["fal request r-2 is IN_PROGRESS"]
+    running("c", after=1.5)  # the interval has passed since the last record: written on their own
+    assert log.records[1:] == ["fal: a\nfal: b\nfal: c"]
+    running("d", after=1.0)
+    report.flush()  # the waiter stops without a state change (the window ended): nothing gathered is lost
+    report.flush()
+    assert log.records[2:] == ["fal: d"]
+
+
+def test_forward_logs_off_writes_the_states_alone() -> None:
+    from airflow_flux_redux.models import LogEntry
+    from airflow_flux_redux.wait import StatusReporter
+
+    log = _Records()
+    report = StatusReporter(log, "r-3", forward_logs=False)
+    report(QueueStatus(status=QueueState.IN_PROGRESS, logs=[LogEntry(message="step 1")]))
+    report(QueueStatus(status=QueueState.COMPLETED, logs=[LogEntry(message="step 1")]))
+    report.flush()
+    assert log.records == ["fal request r-3 is IN_PROGRESS", "fal request r-3 is COMPLETED"]
