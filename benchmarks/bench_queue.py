@@ -35,7 +35,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -117,16 +116,7 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     late_start = time.monotonic() - ready_at
     if late_start > 0:
         print(f"warning: {name} N={n}: waiters start {late_start:.1f} s after the jobs became ready", file=sys.stderr)
-    loop = asyncio.get_running_loop()
-    opened = 0
-    create_connection = loop.create_connection
-
-    async def counting_create_connection(*args: Any, **kwargs: Any) -> Any:
-        nonlocal opened
-        opened += 1
-        return await create_connection(*args, **kwargs)
-
-    loop.create_connection = counting_create_connection  # type: ignore[method-assign]
+    opened = bench.count_connections(asyncio.get_running_loop())
     me = psutil.Process()
     fds0, rss0 = me.num_fds(), me.memory_info().rss
     peak = {"fds": 0, "rss": 0, "lag": 0.0, "core": 0.0}
@@ -183,28 +173,13 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
         "fds_peak": peak["fds"],
         "rss_per_wait": max(0, peak["rss"] - rss0) / n,
         "lag": peak["lag"],
-        "connections": opened,
+        "connections": opened[0],
         "outcomes": outcomes,
     }
 
 
 def child_main(spec: dict[str, Any]) -> None:
-    bench = _bench()
-    bench._raise_nofile()
-    sys.path.insert(0, str(ROOT))
-    home = tempfile.mkdtemp(prefix="flux-bench-queue-")
-    os.environ.update({
-        "AIRFLOW_HOME": home,
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "true",
-        "AIRFLOW__FLUX_REDUX__DEFER_EVENT_HOLD": "0",  # every trigger defers at once here; no race to dodge
-        "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": json.dumps(
-            {"conn_type": "flux_redux", "host": spec["url"], "password": bench.KEY, "extra": {}}
-        ),
-    })  # fmt: skip
-    import logging
-
-    logging.basicConfig(filename=os.path.join(home, "bench.log"), level=logging.INFO, force=True)
+    _bench().triggerer_process(spec["url"], {}, "flux-bench-queue-")
     print(json.dumps(asyncio.run(_run_child(spec))), flush=True)
 
 

@@ -316,16 +316,7 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     late = time.monotonic() - (min(finishes) - spec["timing"]["r_lo"] - spec["timing"]["q_lo"])
     if late > 0:
         print(f"warning: {name} N={n}: waiters start {late:.1f} s after the first job", file=sys.stderr)
-    loop = asyncio.get_running_loop()
-    opened = 0
-    create_connection = loop.create_connection
-
-    async def counting_create_connection(*args: Any, **kwargs: Any) -> Any:
-        nonlocal opened
-        opened += 1
-        return await create_connection(*args, **kwargs)
-
-    loop.create_connection = counting_create_connection  # type: ignore[method-assign]
+    opened = count_connections(asyncio.get_running_loop())
     gc.collect()
     rss0, rss_waiting = _rss(), 0
     events: list[float | None] = [None] * n
@@ -383,17 +374,24 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
         "p99": _percentile(latencies, 0.99) if done == n else float("inf"),
         "done": done,
         "outcomes": outcomes,
-        "connections": opened,
+        "connections": opened[0],
         "lag": lag,
         "gc_max": max(gc_pauses, default=0.0),
     }
 
 
-def child_main(spec: dict[str, Any]) -> None:
+def triggerer_process(url: str, extra: dict[str, Any], prefix: str) -> str:
+    """Set this child process up as the triggerer's trigger runner is; returns its AIRFLOW_HOME.
+
+    The connection comes from the environment. Logs are JSON records, each written at once to a file: the
+    runner sends each record to its supervisor the same way (``configure_logging(json_output=True,
+    sending_to_supervisor=True)`` on an unbuffered channel; ``supervisor._configure_logs_over_json_channel``),
+    so a log line costs here what it costs in a triggerer.
+    """
     _raise_nofile()
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(ROOT))
-    home = tempfile.mkdtemp(prefix="flux-bench-airflow-")
+    home = tempfile.mkdtemp(prefix=prefix)
     os.environ.update({
         "AIRFLOW_HOME": home,
         "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
@@ -401,23 +399,37 @@ def child_main(spec: dict[str, Any]) -> None:
         # The hold against Airflow's deferral race (apache/airflow#72716) delays an event by seconds from the
         # deferral; these triggers all defer at once just before their jobs start, so it would be all we see.
         "AIRFLOW__FLUX_REDUX__DEFER_EVENT_HOLD": "0",
-        "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": json.dumps({
-            "conn_type": "flux_redux",
-            "host": spec["url"],
-            "password": KEY,
-            "extra": {"http2": spec["http2"]},
-        }),
-        "AIRFLOW_CONN_BENCH_HTTP": json.dumps({
-            "conn_type": "http",
-            "host": spec["url"],
-            "extra": {"Authorization": f"Key {KEY}"},
-        }),
+        "AIRFLOW_CONN_FLUX_REDUX_DEFAULT": json.dumps(
+            {"conn_type": "flux_redux", "host": url, "password": KEY, "extra": extra}
+        ),
     })  # fmt: skip
-    import logging
+    from airflow.sdk.log import configure_logging, reset_logging
 
-    # Airflow's logging as the triggerer has it would write each trigger's lines to its own file; one file
-    # at INFO keeps the cost of the log calls in the measurement without flooding the terminal.
-    logging.basicConfig(filename=os.path.join(home, "bench.log"), level=logging.INFO, force=True)
+    reset_logging()
+    configure_logging(
+        json_output=True, output=open(os.path.join(home, "triggers.log"), "wb", buffering=0), sending_to_supervisor=True
+    )
+    return home
+
+
+def count_connections(loop: asyncio.AbstractEventLoop) -> list[int]:
+    """Count the TCP connections the loop opens from now on (at ``loop.create_connection``), in ``[0]``."""
+    opened = [0]
+    create_connection = loop.create_connection
+
+    async def counting_create_connection(*args: Any, **kwargs: Any) -> Any:
+        opened[0] += 1
+        return await create_connection(*args, **kwargs)
+
+    loop.create_connection = counting_create_connection  # type: ignore[method-assign]
+    return opened
+
+
+def child_main(spec: dict[str, Any]) -> None:
+    triggerer_process(spec["url"], {"http2": spec["http2"]}, "flux-bench-airflow-")
+    os.environ["AIRFLOW_CONN_BENCH_HTTP"] = json.dumps(
+        {"conn_type": "http", "host": spec["url"], "extra": {"Authorization": f"Key {KEY}"}}
+    )
     result = asyncio.run(_run_child(spec))
     print(json.dumps(result), flush=True)
 
