@@ -362,6 +362,15 @@ class WaitPolicy:
 
     # -- what the waiter saw -----------------------------------------------------------------------------
 
+    def saw_submit(self, position: int | None, at: float) -> None:
+        """The submit's answer said ``position``, at ``at`` (``time.monotonic()``): the wait's first look.
+
+        A worker process starts knowing no drain rate; with the submit as a look, the first status already
+        shows how fast the queue moves, and a deep-queued job leaves the window after one poll, not two.
+        """
+        if position is not None and self._looked is None:
+            self._looked = (at, position)
+
     def seen(self, status: QueueStatus, now: float | None = None) -> bool:
         """Record a status; True when the job completed (then the waiter returns it).
 

@@ -211,6 +211,8 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         self._handle: QueueHandle | None = None
         self._result: ReduxResult | None = None
         self._metrics: dict[str, Any] = {}
+        # When this process got the submit's answer (its queue position is the wait's first look at the queue).
+        self._submitted: tuple[str, float] | None = None
         self._lineage: tuple[list[str], list[str | None]] = ([], [])
 
     @cached_property
@@ -255,6 +257,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         except FluxReduxSubmitUncertainError as err:
             # A task retry would submit again and could pay twice: fail without retries, say what to check.
             raise AirflowFailException(str(err)) from err
+        self._submitted = (handle.request_id, time.monotonic())
         self.log.info("Submitted fal request %s (queue position %s)", handle.request_id, handle.queue_position)
         self._remember(context, handle)
         stored: dict[str, JsonValue] = {"handle": dict(handle.to_dict()), "deadline": time.time() + self.timeout}
@@ -339,6 +342,8 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             on_status=reporter,
             max_poll_interval=self.max_poll_interval,
         )
+        if self._submitted is not None and self._submitted[0] == handle.request_id:
+            policy.saw_submit(handle.queue_position, self._submitted[1])
 
         async def follow() -> QueueStatus | None:
             hook = FluxReduxAsyncHook(flux_redux_conn_id=self.flux_redux_conn_id)

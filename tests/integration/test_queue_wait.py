@@ -59,6 +59,21 @@ def test_a_deep_queued_task_defers_at_once_instead_of_holding_its_worker_slot(qu
     assert queue_conn.stats()["submissions"] == 61
 
 
+def test_the_submits_queue_position_is_the_first_look_so_one_poll_tells_the_pace(
+    queue_conn, image_uri, monkeypatch
+) -> None:
+    # A fresh worker knows no drain rate. Its first poll comes a whole interval after the submit (no random
+    # spread here), when the queue has surely moved (0.5 s jobs, 2 at a time): with the submit's position
+    # as a look, that one poll shows the pace and the job, ~100 places back (~25 s), leaves the window.
+    queue_conn.configure(run_seconds=0.5)
+    fill_queue(queue_conn, 100, image_uri)
+    monkeypatch.setattr("airflow_flux_redux.wait.PollSchedule.first_delay", lambda self: self.interval)
+    with pytest.raises(TaskDeferred) as deferred:
+        FluxReduxOperator(task_id="deep", image_url=image_uri).execute(context())
+    request_id = deferred.value.trigger.handle.request_id
+    assert queue_conn.stats()["requests"][request_id]["status_polls"] == 1
+
+
 def test_a_job_near_the_head_of_the_queue_still_finishes_in_the_worker(queue_conn, image_uri) -> None:
     fill_queue(queue_conn, 3, image_uri)  # one ahead in the queue: ours starts in ~1.5 s, ends in ~3 s
     result = FluxReduxOperator(task_id="near", image_url=image_uri).execute(context())

@@ -225,13 +225,18 @@ def test_the_stream_is_only_for_jobs_running_next_in_line_or_about_to_start() ->
     assert stream.stream_now()  # asked for the stream: it gets it, deep in the queue too
 
 
-def test_a_deep_queued_job_closes_the_in_worker_window_after_two_looks() -> None:
+def test_a_deep_queued_job_closes_the_in_worker_window_after_two_looks_the_submit_counting_as_one() -> None:
     now = time.time()
     deep = WaitPolicy(request_id="d", status_url=fresh_queue("d"), until=now + 10, deadline=now + 3600, mode="poll")
     deep.seen(queued(500), now=0.0)
     assert not deep.window_over()  # one look: the pace is unknown yet
     deep.seen(queued(496), now=1.0)  # 4 jobs a second: ~100 s to start, past the 10 s window
     assert deep.window_over() and "queue position 496" in (deep.left_window or "")
+    # A worker knows the submit's answer: with its position as the first look, one poll is enough.
+    fresh = WaitPolicy(request_id="f", status_url=fresh_queue("f"), until=now + 10, deadline=now + 3600, mode="poll")
+    fresh.saw_submit(500, at=0.0)
+    fresh.seen(queued(496), now=1.0)
+    assert fresh.window_over() and "queue position 496" in (fresh.left_window or "")
     near = WaitPolicy(request_id="n", status_url=fresh_queue("n"), until=now + 10, deadline=now + 3600, mode="poll")
     near.seen(queued(20), now=0.0)
     near.seen(queued(16), now=1.0)  # ~4 s to start: it can finish in the window
