@@ -211,8 +211,9 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         self._handle: QueueHandle | None = None
         self._result: ReduxResult | None = None
         self._metrics: dict[str, Any] = {}
-        # When this process got the submit's answer (its queue position is the wait's first look at the queue).
-        self._submitted: tuple[str, float] | None = None
+        # This process's submit: request id, the queue position it answered and when (``time.monotonic()``); the
+        # position is the wait's first look at the queue (the stored handle keeps no position).
+        self._submitted: tuple[str, int | None, float] | None = None
         self._lineage: tuple[list[str], list[str | None]] = ([], [])
 
     @cached_property
@@ -257,7 +258,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         except FluxReduxSubmitUncertainError as err:
             # A task retry would submit again and could pay twice: fail without retries, say what to check.
             raise AirflowFailException(str(err)) from err
-        self._submitted = (handle.request_id, time.monotonic())
+        self._submitted = (handle.request_id, handle.queue_position, time.monotonic())
         self.log.info("Submitted fal request %s (queue position %s)", handle.request_id, handle.queue_position)
         self._remember(context, handle)
         stored: dict[str, JsonValue] = {"handle": dict(handle.to_dict()), "deadline": time.time() + self.timeout}
@@ -343,7 +344,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             max_poll_interval=self.max_poll_interval,
         )
         if self._submitted is not None and self._submitted[0] == handle.request_id:
-            policy.saw_submit(handle.queue_position, self._submitted[1])
+            policy.saw_submit(self._submitted[1], self._submitted[2])
 
         async def follow() -> QueueStatus | None:
             hook = FluxReduxAsyncHook(flux_redux_conn_id=self.flux_redux_conn_id)

@@ -68,6 +68,7 @@ def test_the_submits_queue_position_is_the_first_look_so_one_poll_tells_the_pace
     queue_conn.configure(run_seconds=0.5)
     fill_queue(queue_conn, 100, image_uri)
     monkeypatch.setattr("airflow_flux_redux.wait.PollSchedule.first_delay", lambda self: self.interval)
+    monkeypatch.setattr("airflow_flux_redux.wait._DRAIN", {})  # a fresh worker process: no pace learnt yet
     with pytest.raises(TaskDeferred) as deferred:
         FluxReduxOperator(task_id="deep", image_url=image_uri).execute(context())
     request_id = deferred.value.trigger.handle.request_id
