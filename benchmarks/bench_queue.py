@@ -23,7 +23,7 @@ the waiting process (core, average over the run and peak over any 1 s); KB of RS
 -> event p50/p99 (the event time minus the emulator's completion time of the job; one clock); the
 longest event-loop lag (a 50 ms ticker); wall time (all jobs ready -> last event) against the floor.
 
-Figures are of the transport on this branch (before issue 16 replaces it with a maintained client).
+The waiting process logs as a triggerer's trigger runner does (``bench_triggers.triggerer_process``).
 """
 
 from __future__ import annotations
