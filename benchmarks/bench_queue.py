@@ -21,7 +21,8 @@ Printed per row: status calls per job; streams opened, streams open at peak (the
 the waiting process's TCP connections opened and open descriptors at peak (above its baseline); CPU of
 the waiting process (core, average over the run and peak over any 1 s); KB of RSS per wait; completion
 -> event p50/p99 (the event time minus the emulator's completion time of the job; one clock); the
-longest event-loop lag (a 50 ms ticker); wall time (all jobs ready -> last event) against the floor.
+longest event-loop lag (a 50 ms ticker) and the longest garbage collection (the loop stalls for it);
+wall time (all jobs ready -> last event) against the floor.
 
 The waiting process logs as a triggerer's trigger runner does (``bench_triggers.triggerer_process``).
 """
@@ -147,6 +148,7 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
                 if not outcomes:
                     peak["rss"] = max(peak["rss"], me.memory_info().rss)
 
+    gc_pauses = bench._gc_pauses()
     cpu0, wall0 = time.process_time(), time.monotonic()
     watcher = asyncio.ensure_future(monitor())
     tasks = []
@@ -173,6 +175,7 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
         "fds_peak": peak["fds"],
         "rss_per_wait": max(0, peak["rss"] - rss0) / n,
         "lag": peak["lag"],
+        "gc_max": max(gc_pauses, default=0.0),
         "connections": opened[0],
         "outcomes": outcomes,
     }
@@ -242,7 +245,8 @@ def _row(name: str, n: int, c: int, stream: bool) -> dict[str, Any] | None:
 
 HEADER = (
     f"{'waiter':<34}{'N':>6}{'C':>4}{'calls/job':>10}{'streams':>8}{'open':>6}{'conns':>7}{'fds':>6}"
-    f"{'core avg':>9}{'peak':>6}{'KB':>6}{'p50':>8}{'p99':>8}{'lag max':>9}{'wall':>8}{'floor':>7}{'ratio':>7}  done"
+    f"{'core avg':>9}{'peak':>6}{'KB':>6}{'p50':>8}{'p99':>8}{'lag max':>9}{'gc max':>8}{'wall':>8}{'floor':>7}"
+    f"{'ratio':>7}  done"
 )
 
 
@@ -262,7 +266,7 @@ def _line(name: str, n: int, c: int, r: dict[str, Any] | None) -> str:
     return (
         f"{label:<34}{n:>6}{c:>4}{r['status_per_job']:>10.1f}{r['streams']:>8}{r['streams_peak']:>6}"
         f"{r['connections']:>7}{r['fds_peak']:>6}{core:>9.3f}{r['core_peak']:>6.2f}{r['rss_per_wait'] / 1024:>6.1f}"
-        f"{_fmt(r['p50']):>8}{_fmt(r['p99']):>8}{_fmt(r['lag']):>9}{r['batch_wall']:>7.1f}s{r['floor']:>6.1f}s"
+        f"{_fmt(r['p50']):>8}{_fmt(r['p99']):>8}{_fmt(r['lag']):>9}{_fmt(r['gc_max']):>8}{r['batch_wall']:>7.1f}s{r['floor']:>6.1f}s"
         f"{r['batch_wall'] / r['floor']:>7.3f}  {done}"
     )
 
@@ -324,7 +328,8 @@ def main() -> None:
         "\ncalls/job: status GETs per job; streams: status streams opened; open: streams open at once at peak (the "
         "emulator's count);\nconns: TCP connections the waiting process opened; fds: its open descriptors at peak "
         "above its baseline;\ncore: CPU of the waiting process (average; peak over 1 s); KB: RSS per wait; p50/p99: "
-        "completion -> event;\nwall: all jobs ready -> last event; floor: N x 1.5 / C."
+        "completion -> event;\nlag max: longest event-loop stall; gc max: longest garbage collection; wall: all jobs "
+        "ready -> last event; floor: N x 1.5 / C."
     )
     _targets(n, c, results)
     naive = results.get("naive")
