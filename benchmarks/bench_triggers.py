@@ -345,7 +345,7 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     gc_pauses = _gc_pauses()
     profiler = _profiler() if spec.get("profile") else None
     server_cpu0 = sum(server.cpu_times()[:2])
-    cpu0, wall0 = time.process_time(), time.monotonic()
+    cpu0, sys0, wall0 = time.process_time(), os.times().system, time.monotonic()
     watcher = asyncio.ensure_future(monitor())
     tasks = []
     for i in range(n):
@@ -355,7 +355,7 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     _, pending = await asyncio.wait(tasks, timeout=budget)
     for task in pending:
         task.cancel()
-    cpu1, wall1 = time.process_time(), time.monotonic()
+    cpu1, sys1, wall1 = time.process_time(), os.times().system, time.monotonic()
     server_cpu1 = sum(server.cpu_times()[:2])
     if profiler is not None:
         profiler.stop()
@@ -366,6 +366,7 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     done = len(latencies)
     return {
         "cpu": cpu1 - cpu0,
+        "sys": sys1 - sys0,
         "wall": wall1 - wall0,
         "job_length": statistics.mean(finish - wall0 for finish in finishes),
         "server_cores": (server_cpu1 - server_cpu0) / (wall1 - wall0),
@@ -607,7 +608,7 @@ def main() -> None:
 
 
 HEADER = (
-    f"{'waiter':<40}{'N':>6}{'ms/wait':>9}{'µs/poll':>9}{'polls':>7}{'need':>6}{'KB':>7}{'conns':>7}"
+    f"{'waiter':<40}{'N':>6}{'ms/wait':>9}{'sys':>5}{'µs/poll':>9}{'polls':>7}{'need':>6}{'KB':>7}{'conns':>7}"
     f"{'lag max':>9}{'gc max':>8}{'p50':>8}{'p99':>9}{'cores':>7}{'srv':>6}  done"
 )
 
@@ -621,6 +622,7 @@ def _figures(n: int, result: dict[str, Any], stats: dict[str, Any]) -> dict[str,
         "need": result["job_length"] / P + 1,
         "kb": result["rss_per_waiter"] / 1024,
         "cores": result["cpu"] / result["wall"],
+        "sys": result.get("sys", 0.0) / max(1e-9, result["cpu"]),
     }
 
 
@@ -636,7 +638,7 @@ def _row(name: str, n: int, result: dict[str, Any] | None, stats: dict[str, Any]
     sat = "*" if f["cores"] > 0.9 or result["server_cores"] > 0.9 else " "
     per_poll = f"{f['us_per_poll']:.0f}" if f["polls"] >= 1 else "-"  # a stream wait makes no polls
     return (
-        f"{label:<40}{n:>6}{f['ms_per_wait']:>8.2f}{sat}{per_poll:>9}{f['polls']:>7.1f}{f['need']:>6.1f}"
+        f"{label:<40}{n:>6}{f['ms_per_wait']:>8.2f}{sat}{f['sys']:>5.0%}{per_poll:>9}{f['polls']:>7.1f}{f['need']:>6.1f}"
         f"{f['kb']:>7.1f}{result['connections']:>7}{_fmt_seconds(result['lag']):>9}{_fmt_seconds(result['gc_max']):>8}{_fmt_seconds(result['p50']):>8}"
         f"{_fmt_seconds(result['p99']):>9}{f['cores']:>7.2f}{result['server_cores']:>6.2f}  {done}"
     )
@@ -666,9 +668,9 @@ def _summary(
     def spread(values: list[float]) -> str:
         return "" if len(values) < 2 else f" (x{values[0]:.2f}-x{values[-1]:.2f} over {len(values)} runs)"
 
-    print("\nms/wait: CPU of the waiting process per wait; µs/poll: the same per status request; polls: status")
-    print("requests per wait; need: job length / P + 1; KB: RSS per wait; lag max: longest event-loop stall;")
-    print("gc max: longest garbage collection (the loop stalls for it).")
+    print("\nms/wait: CPU of the waiting process per wait; sys: its share spent in the kernel; µs/poll: the same per")
+    print("status request; polls: status requests per wait; need: job length / P + 1; KB: RSS per wait;")
+    print("lag max: longest event-loop stall; gc max: longest garbage collection (the loop stalls for it).")
     print("* = the waiting process or the emulator used > 0.9 core (saturated on this machine)")
     print("\nRatios to aiohttp with one shared session, same N, same run (< 1 means cheaper than aiohttp); CPU/wait:")
     print("the median over the runs, the others of the last run:")

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 # The waits' keep-alive pool for polls: enough for a thousand polls a second on loopback or across a region,
 # and each open connection costs the server a socket.
-POLL_CONNECTIONS = 8
+POLL_CONNECTIONS = 32
 # Each HTTP/1.1 status stream holds a connection of its own: past this many, ``auto`` waits poll instead.
 MAX_STREAMS = 256
 # The most a status or result answer may hold (a sync_mode result carries its images inline).

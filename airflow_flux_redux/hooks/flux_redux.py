@@ -225,6 +225,12 @@ class FluxReduxHook(_FluxReduxHookBase):
         Past the policy's deadline the job is cancelled; a job that completed meanwhile is returned, else
         ``FluxReduxTimeoutError`` is raised.
         """
+        try:
+            return self._poll_until_stop(handle, policy)
+        finally:
+            policy.stopped()
+
+    def _poll_until_stop(self, handle: QueueHandle, policy: WaitPolicy) -> QueueStatus | None:
         time.sleep(policy.sleep_for(policy.first_delay()))
         while True:
             stop = policy.stop_at
@@ -424,6 +430,12 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         Returns the COMPLETED status, or None when the policy's window ended first. Past the deadline the job
         is cancelled; a job that completed meanwhile is returned, else ``FluxReduxTimeoutError`` is raised.
         """
+        try:
+            return await self._follow_until_stop(handle, policy)
+        finally:
+            policy.stopped()
+
+    async def _follow_until_stop(self, handle: QueueHandle, policy: WaitPolicy) -> QueueStatus | None:
         stop = policy.stop_at
         try:
             async with asyncio.timeout(None if stop is None else max(0.0, stop - time.time())):
@@ -442,7 +454,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
 
     async def _follow(self, handle: QueueHandle, policy: WaitPolicy) -> QueueStatus | None:
         """Polls, and the stream once the policy says the job is near the head of its queue or running."""
-        await asyncio.sleep(policy.first_delay())
+        await asyncio.sleep(policy.sleep_for(policy.first_delay()))
         while True:
             try:
                 if policy.stream_now():

@@ -332,7 +332,6 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         within the window: then the task defers instead of holding its worker slot.
         """
         settings = self.hook.settings
-        reporter = StatusReporter(self.log, handle.request_id)
         policy = WaitPolicy(
             request_id=handle.request_id,
             status_url=handle.status_url,
@@ -340,7 +339,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             until=until,
             poll_interval=self.poll_interval,
             mode=self.wait_mode,
-            on_status=reporter,
+            on_status=StatusReporter(self.log, handle.request_id),
             max_poll_interval=self.max_poll_interval,
         )
         if self._submitted is not None and self._submitted[0] == handle.request_id:
@@ -352,7 +351,6 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             try:
                 return await hook.follow(handle, policy)
             finally:
-                reporter.flush()
                 await hook.aclose_loop_clients()
 
         final = asyncio.run(follow())

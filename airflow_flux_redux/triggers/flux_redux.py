@@ -153,7 +153,6 @@ class FluxReduxTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         handle = self.handle
         hook = self._hook()
-        reporter = StatusReporter(self.log, handle.request_id, forward_logs=self.forward_logs)
         policy = WaitPolicy(
             request_id=handle.request_id,
             status_url=handle.status_url,
@@ -161,15 +160,12 @@ class FluxReduxTrigger(BaseTrigger):
             poll_interval=self.poll_interval,
             mode=self.wait_mode,
             max_consecutive_errors=self.max_consecutive_errors,
-            on_status=reporter,
+            on_status=StatusReporter(self.log, handle.request_id, forward_logs=self.forward_logs),
             logs=self.forward_logs,
             max_poll_interval=self.max_poll_interval,
         )
         try:
-            try:
-                final = await hook.follow(handle, policy)
-            finally:
-                reporter.flush()
+            final = await hook.follow(handle, policy)
             assert final is not None  # no window: a status or an error
             event = await self._finish(hook, handle, final)
         except FluxReduxError as err:

@@ -232,6 +232,16 @@ def test_a_job_longer_than_the_window_defers_with_its_event_held(flux_conn, imag
     assert kwargs["not_before"] == pytest.approx(time.time() + 10.0, abs=3)
 
 
+def test_fals_lines_gathered_in_the_worker_are_written_when_the_window_ends(flux_conn, image_uri, logs) -> None:
+    """A job still running when the window ends: its log lines seen in the worker are in the task log."""
+    flux_conn.configure(queue_seconds=0, run_seconds=8, log_lines=16)  # a line every 0.5 s
+    with pytest.raises(TaskDeferred):
+        operator(image_url=image_uri, defer_after=4).execute(context())
+    # The IN_PROGRESS record carries the lines of the first look (two at most); the rest, up to the last
+    # poll about three seconds later, go out when the wait stops.
+    assert logs().count("fal: ") >= 4
+
+
 def test_the_event_hold_follows_airflows_config(flux_conn, image_uri, monkeypatch) -> None:
     monkeypatch.setenv("AIRFLOW__FLUX_REDUX__DEFER_EVENT_HOLD", "0")
     flux_conn.configure(queue_seconds=5)

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from airflow_flux_redux import exceptions
+from airflow_flux_redux import wait as wait_module
 from airflow_flux_redux.exceptions import FluxReduxError, FluxReduxTransportError, error_from_dict
 from airflow_flux_redux.models import QueueState, QueueStatus
-from airflow_flux_redux.wait import DrainRate, PollSchedule, StreamUnsupportedError, WaitPolicy
+from airflow_flux_redux.wait import (
+    WAKE_STEP,
+    DrainRate,
+    PollSchedule,
+    StreamUnsupportedError,
+    WaitPolicy,
+    on_wake_grid,
+)
 
 RUNNING = QueueStatus(status=QueueState.IN_PROGRESS)
 
@@ -98,6 +107,35 @@ def test_the_window_ends_before_the_deadline_and_sleep_is_cut_to_it() -> None:
     assert wait.sleep_for(5.0, now=8.0) == 2.0
     late = policy(deadline=10.0, until=100.0)
     assert late.stop_at == 10.0 and not late.window_over(now=10.0)
+
+
+@given(st.floats(0.0, 1e6), st.floats(0.001, 120.0))
+def test_a_delay_is_stretched_by_less_than_one_step_to_the_shared_wake_grid(clock: float, delay: float) -> None:
+    assert on_wake_grid(0.0, WAKE_STEP, clock) == 0.0  # "now" stays now
+    slept = on_wake_grid(delay, WAKE_STEP, clock)
+    assert delay <= slept < delay + WAKE_STEP + 1e-6
+    wake = (clock + slept) / WAKE_STEP
+    assert abs(wake - round(wake)) < 1e-6
+
+
+def test_a_thousand_waits_started_at_random_wake_together_in_a_few_groups_per_interval() -> None:
+    rng = random.Random(7)
+    starts = [rng.uniform(0.0, 1.0) for _ in range(1000)]
+    groups = {round((start + on_wake_grid(1.0, WAKE_STEP, start)) / WAKE_STEP) for start in starts}
+    # One pass of the event loop (and one wake-up of the server) per group, not one per wait.
+    assert len(groups) <= 1.0 / WAKE_STEP + 1
+
+
+def test_a_waits_sleep_ends_on_the_grid_of_the_loops_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wait_module.time, "monotonic", lambda: 12.345)
+    assert policy(poll_interval=1.0).sleep_for(1.0) == pytest.approx(1.005)
+    # A short interval gets a finer grid: the stretch stays within a twentieth of it.
+    assert policy(poll_interval=0.2).sleep_for(0.2) == pytest.approx(0.205)
+
+
+def test_a_wait_that_must_stop_sleeps_exactly_until_then_not_to_the_grid() -> None:
+    wait = policy(deadline=100.0)
+    assert wait.sleep_for(5.0, now=97.5) == 2.5
 
 
 def test_a_bad_wait_mode_names_the_allowed_ones() -> None:
