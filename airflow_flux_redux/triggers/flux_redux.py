@@ -18,6 +18,7 @@ from airflow_flux_redux.exceptions import (
 )
 from airflow_flux_redux.hooks.flux_redux import FluxReduxAsyncHook
 from airflow_flux_redux.models import QueueHandle, QueueStatus
+from airflow_flux_redux.triggers._gc import freeze_once
 from airflow_flux_redux.wait import (
     DEFAULT_MAX_POLL_INTERVAL,
     StatusReporter,
@@ -151,6 +152,7 @@ class FluxReduxTrigger(BaseTrigger):
         return FluxReduxAsyncHook(flux_redux_conn_id=self.flux_redux_conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        freeze_once()
         handle = self.handle
         hook = self._hook()
         policy = WaitPolicy(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from types import SimpleNamespace
@@ -248,3 +249,30 @@ async def test_where_the_stream_is_served_every_auto_wait_streams(flux_conn, ima
     routes = flux_conn.stats()["requests_by_route"]
     # A look or two first (where is the job in the queue?), then the stream once it runs or is next in line.
     assert routes["stream"] == 6 and routes.get("status", 0) <= 2 * 6
+
+
+@pytest.fixture
+def gc_unfrozen(monkeypatch):
+    """This process as a fresh triggerer: nothing frozen yet; unfrozen again afterwards."""
+    from airflow_flux_redux.triggers import _gc
+
+    gc.unfreeze()
+    monkeypatch.setattr(_gc, "_FROZEN", False)
+    yield
+    gc.unfreeze()
+
+
+async def test_the_first_wait_freezes_the_triggerers_imports_out_of_garbage_collection(
+    flux_conn, image_uri, gc_unfrozen
+) -> None:
+    held = len(gc.get_objects())
+    (event,) = await events(make_trigger(image_uri))
+    assert event["status"] == "success"
+    # A full collection no longer walks what the process held before: its imports, Airflow's state.
+    assert gc.get_freeze_count() >= held * 0.9
+
+
+async def test_freeze_gc_false_leaves_the_collector_alone(flux_conn, image_uri, gc_unfrozen, monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW__FLUX_REDUX__FREEZE_GC", "False")
+    (event,) = await events(make_trigger(image_uri))
+    assert event["status"] == "success" and gc.get_freeze_count() == 0
