@@ -91,7 +91,7 @@ FASTEST_DRAIN = 50.0
 TRUST_AHEAD = 2.0
 # The waits of one process wake on a shared grid of this step (at most a twentieth of the poll interval),
 # so the polls due within one step go out together: one pass of the event loop and one wake-up of the
-# server for a batch, not one for each poll (benchmarks/README.md: a tenth of the waits' CPU at N = 1,000).
+# server for a batch, not one for each poll (about a tenth less CPU per wait in bench_triggers at N = 1,000).
 WAKE_STEP = 0.05
 
 
@@ -474,12 +474,11 @@ class WaitPolicy:
     def sleep_for(self, delay: float, now: float | None = None) -> float:
         """``delay`` stretched to the next step of the shared wake grid, or cut short to wake when the waiter
         must stop (``now``: epoch seconds)."""
+        on_grid = on_wake_grid(delay, min(WAKE_STEP, self.poll_interval / 20))
         stop = self.stop_at
-        if stop is not None:
-            left = stop - (time.time() if now is None else now)
-            if left <= delay:
-                return max(0.0, left)
-        return on_wake_grid(delay, min(WAKE_STEP, self.poll_interval / 20))
+        if stop is None:
+            return on_grid
+        return max(0.0, min(on_grid, stop - (time.time() if now is None else now)))
 
     def stopped(self) -> None:
         """The waiter stopped (completed, window over, error, cancelled): what ``on_status`` gathered goes out

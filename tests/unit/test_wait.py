@@ -133,9 +133,12 @@ def test_a_waits_sleep_ends_on_the_grid_of_the_loops_clock(monkeypatch: pytest.M
     assert policy(poll_interval=0.2).sleep_for(0.2) == pytest.approx(0.205)
 
 
-def test_a_wait_that_must_stop_sleeps_exactly_until_then_not_to_the_grid() -> None:
+def test_a_wait_that_must_stop_sleeps_exactly_until_then_not_to_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
     wait = policy(deadline=100.0)
     assert wait.sleep_for(5.0, now=97.5) == 2.5
+    # Stretched to the grid (1.005 s), this sleep would end past the stop: it ends at the stop.
+    monkeypatch.setattr(wait_module.time, "monotonic", lambda: 12.345)
+    assert wait.sleep_for(1.0, now=98.997) == pytest.approx(1.003)
 
 
 def test_a_bad_wait_mode_names_the_allowed_ones() -> None:
