@@ -5,8 +5,9 @@
 
 Each row runs in a fresh process (so CPU, RSS and connections belong to that row alone): it runs one wait
 to completion first, untimed (a long-running triggerer pays its one-time costs once), then submits N
-jobs to the fal-queue emulator (its own process, on 127.0.0.1), then runs N waiters concurrently in one
-asyncio loop, as the triggerer does. Our triggers are built the triggerer's way: ``operator.execute()``
+jobs to the fal-queue emulator (its own process, on 127.0.0.1), each under a key of its own, then runs N
+waiters concurrently in one asyncio loop, as the triggerer does, starting ``LEAD_IN`` before the first job
+may start in every row. Our triggers are built the triggerer's way: ``operator.execute()``
 raises ``TaskDeferred``, the trigger is serialized and rebuilt from its kwargs. By default the emulator
 serves no status stream, like the gateways in our spec (a relay); rows marked "stream" get one.
 
@@ -49,6 +50,7 @@ KEY = "bench-key-0123456789abcdef"
 ENDPOINT = "fal-ai/flux-1/schnell/redux"
 FAL_QUEUE = "https://queue.fal.run"
 P = 1.0
+LEAD_IN = 0.5  # seconds between the waits' start and the first job's
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -109,8 +111,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def _submit_all(
     url: str, n: int, timing: dict[str, float], lead: float
-) -> tuple[list[dict[str, Any]], list[float]]:
-    """Submit n jobs whose completion times we choose (none starts within ``lead`` s); handles, completions."""
+) -> tuple[list[dict[str, Any]], list[float], float]:
+    """Submit n jobs whose completion times we choose (none starts within ``lead`` s); handles, completions,
+    and the time (monotonic) before which no job starts."""
     import aiohttp
 
     image = _tiny_png()
@@ -128,7 +131,14 @@ async def _submit_all(
                 sent = time.monotonic()
                 queue = max(0.0, t_go - sent) + rng.uniform(timing["q_lo"], timing["q_hi"])
                 run = rng.uniform(timing["r_lo"], timing["r_hi"])
-                headers = {"x-emulator-queue-seconds": f"{queue:.4f}", "x-emulator-run-seconds": f"{run:.4f}"}
+                headers = {
+                    "x-emulator-queue-seconds": f"{queue:.4f}",
+                    "x-emulator-run-seconds": f"{run:.4f}",
+                    # A key (fal account) per job: its time IN_QUEUE is a runner's pick-up at position 0, not a
+                    # place behind the other jobs of one account (positions up to N that all start within 0.5 s
+                    # would be an account limit of N; bench_queue.py measures fal's limit).
+                    "Authorization": f"Key {KEY}-{i}",
+                }
                 async with session.post(f"{url}/{ENDPOINT}", json=body, headers=headers) as response:
                     response.raise_for_status()
                     # A relay answers with fal's URLs and serves their paths itself (ours rebases them too).
@@ -140,7 +150,7 @@ async def _submit_all(
             finishes[i] = (sent + got) / 2 + queue + run
 
         await asyncio.gather(*(one(i) for i in range(n)))
-    return handles, finishes
+    return handles, finishes, t_go
 
 
 class _TaskInstance:
@@ -267,7 +277,7 @@ def _http_session_waiter(base: str) -> Any:
 async def _warm_up(url: str, wait: Any, flux: Waiter | None) -> None:
     """One wait to completion before timing: a triggerer pays its one-time costs (the connection lookup, the
     TLS context, the pools, ``auto``'s stream probe, lazy imports; ~80 ms for ours) once, not per wait."""
-    (handle,), _ = await _submit_all(url, 1, {"q_lo": 0.0, "q_hi": 0.0, "r_lo": 0.0, "r_hi": 0.0}, lead=0.0)
+    (handle,), _, _ = await _submit_all(url, 1, {"q_lo": 0.0, "q_hi": 0.0, "r_lo": 0.0, "r_hi": 0.0}, lead=0.0)
     outcome = await wait(_deferred_trigger(handle, flux.wait_mode) if flux else handle)
     if outcome != "success":
         raise RuntimeError(f"the warm-up wait ended {outcome}")
@@ -318,18 +328,21 @@ async def _run_child(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         wait = {"aiohttp": _aiohttp_waiter, "httpx": _httpx_waiter}.get(name, lambda: _http_session_waiter(url))()
     await _warm_up(url, wait, waiter if flux else None)
-    handles, finishes = await _submit_all(url, n, spec["timing"], lead=1.0 + n * (0.0004 + 1.5 * build_each))
+    handles, finishes, t_go = await _submit_all(url, n, spec["timing"], lead=1.0 + n * (0.0004 + 1.5 * build_each))
     items: list[Any] = handles
     if flux:
         if waiter.ablation:
             _ablate(waiter.ablation)
         items = [_deferred_trigger(handle, waiter.wait_mode) for handle in handles]
-    late = time.monotonic() - (min(finishes) - spec["timing"]["r_lo"] - spec["timing"]["q_lo"])
-    if late > 0:
-        print(f"warning: {name} N={n}: waiters start {late:.1f} s after the first job", file=sys.stderr)
     opened = count_connections(asyncio.get_running_loop())
     gc.collect()
     rss0, rss_waiting = _rss(), 0
+    # Every row's waits start LEAD_IN before the first job may start, however long its waiters took to build:
+    # the same time to wait, so the same polls needed, in every row.
+    late = time.monotonic() - (t_go - LEAD_IN)
+    if late > 0:
+        print(f"warning: {name} N={n}: waiters start {late:.1f} s later than planned", file=sys.stderr)
+    await asyncio.sleep(max(0.0, -late))
     events: list[float | None] = [None] * n
     outcomes: dict[str, int] = {}
     lag = 0.0
@@ -533,7 +546,7 @@ def _server_for(servers: dict[tuple[str, bool], Any], waiter: Waiter) -> Any:
 
     key = (waiter.server, waiter.stream)
     if key not in servers:
-        config = EmulatorConfig(key=KEY, auth_scheme="Key", log_lines=4, keepalive_seconds=15, relay=not waiter.stream)
+        config = EmulatorConfig(key=None, auth_scheme="Key", log_lines=4, keepalive_seconds=15, relay=not waiter.stream)
         servers[key] = EmulatorServer(config, in_process=False, server=waiter.server).start()  # type: ignore[arg-type]
     server = servers[key]
     server.reset()
