@@ -243,6 +243,8 @@ async def test_many_auto_waits_starting_together_probe_the_stream_once(flux_conn
 
 
 async def test_where_the_stream_is_served_every_auto_wait_streams(flux_conn, image_uri) -> None:
+    # Jobs long enough that none has finished before its wait's first look, however slowly the six submits go.
+    flux_conn.configure(run_seconds=1.0)
     triggers = [make_trigger(image_uri, wait_mode="auto") for _ in range(6)]
     results = await asyncio.gather(*(events(trigger) for trigger in triggers))
     assert all(event["status"] == "success" for (event,) in results)
