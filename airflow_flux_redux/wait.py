@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 WaitMode = Literal["poll", "stream", "auto"]
 WAIT_MODES: tuple[str, ...] = ("poll", "stream", "auto")
 POSITION_LOG_INTERVAL = 10.0
-# fal's own log lines wait at most this long for a state change to be written with (StatusReporter).
+# Gathered lines (states of a short job, fal's own) wait at most this long for a record (StatusReporter).
 FAL_LOG_INTERVAL = 10.0
 MAX_ERROR_BACKOFF = 30.0
 # Origins whose status stream answered "not served": ``auto`` polls there from the start, so a relay
@@ -263,12 +263,17 @@ class StatusReporter:
     """Log what changed between statuses, in as few log records as a reader needs.
 
     A log record is the costliest thing a wait does between its HTTP calls: the triggerer renders it to
-    JSON and sends it to its supervisor, which writes it again (about as much CPU as a status poll). So a
-    wait writes one record per state change (IN_QUEUE with its position, IN_PROGRESS, COMPLETED), the queue
-    position at most every ``POSITION_LOG_INTERVAL`` seconds, and fal's own log lines gathered: they go
-    out with the next of those records, or on their own once ``FAL_LOG_INTERVAL`` seconds have passed since
-    the last record, one line of the record per line of fal's, in the order they happened. ``flush()``
-    writes what is still gathered (the waiter stops without a state change: the window ended, an error).
+    JSON and sends it to its supervisor, which writes it again (about as much CPU as a status poll). So
+    the lines of a wait are gathered, one line per state (IN_QUEUE with its position, IN_PROGRESS) and one
+    per line of fal's, in the order they happened, and a record goes out only when a reader needs it now:
+
+    - the job ends (COMPLETED): everything gathered, then the end;
+    - the job waits behind others (IN_QUEUE at a position above 0, where it may sit for minutes), and
+      later its position, at most every ``POSITION_LOG_INTERVAL`` seconds;
+    - ``FAL_LOG_INTERVAL`` seconds have passed since the last record and lines are gathered (a long run).
+
+    A job that starts at once and runs a few seconds, as most Redux jobs do, writes one record. ``flush()``
+    writes what is still gathered (the waiter stops without an end: the window ended, an error).
     """
 
     def __init__(self, log: Any, request_id: str, *, forward_logs: bool = True) -> None:
@@ -283,36 +288,37 @@ class StatusReporter:
         self._written = time.monotonic()
 
     def __call__(self, status: QueueStatus) -> None:
+        now = time.monotonic()
+        state, position = status.status, status.queue_position
+        queued = state is QueueState.IN_QUEUE
+        changed = state is not self._state
+        self._state = state
+        if changed and queued:
+            self._position, self._position_logged = position, now
+            self._gathered.append(f"fal request {self.request_id} is IN_QUEUE, queue position {position}")
+        elif changed and state is QueueState.IN_PROGRESS:  # fal's lines of a running job come after its start
+            self._gathered.append(f"fal request {self.request_id} is IN_PROGRESS")
         if self.forward_logs and status.logs and len(status.logs) > self._seen_logs:
             self._gathered.extend(f"fal: {entry.message}" for entry in status.logs[self._seen_logs :])
             self._seen_logs = len(status.logs)
-        now = time.monotonic()
-        queued = status.status is QueueState.IN_QUEUE
-        if status.status is not self._state:
-            self._state = status.status
-            if queued:  # one line for the state and the position it starts at
-                self._position, self._position_logged = status.queue_position, now
-                self._write(now, last=f"fal request {self.request_id} is IN_QUEUE, queue position {self._position}")
-            elif status.status is QueueState.IN_PROGRESS:  # fal's lines of a running job come after its start
-                self._write(now, first=f"fal request {self.request_id} is IN_PROGRESS")
-            else:
-                self._write(now, last=f"fal request {self.request_id} is {status.status.value}")
-        elif (
-            queued and status.queue_position != self._position and now >= self._position_logged + POSITION_LOG_INTERVAL
-        ):
+        if changed and not queued and state is not QueueState.IN_PROGRESS:
+            self._write(now, f"fal request {self.request_id} is {state.value}")
+        elif changed and queued and position:
+            self._write(now)
+        elif queued and position != self._position and now >= self._position_logged + POSITION_LOG_INTERVAL:
             # In a long queue the position changes at every poll: one line per interval, not one per poll.
-            self._position, self._position_logged = status.queue_position, now
-            self._write(now, last=f"fal request {self.request_id}: queue position {status.queue_position}")
+            self._position, self._position_logged = position, now
+            self._write(now, f"fal request {self.request_id}: queue position {position}")
         elif self._gathered and now >= self._written + FAL_LOG_INTERVAL:
             self._write(now)
 
     def flush(self) -> None:
-        """Write fal's lines gathered since the last record, if any."""
+        """Write the lines gathered since the last record, if any."""
         if self._gathered:
             self._write(time.monotonic())
 
-    def _write(self, now: float, *, first: str | None = None, last: str | None = None) -> None:
-        lines = [*([first] if first else []), *self._gathered, *([last] if last else [])]
+    def _write(self, now: float, last: str | None = None) -> None:
+        lines = [*self._gathered, *([last] if last else [])]
         self._gathered = []
         self._written = now
         self.log.info("%s", "\n".join(lines))

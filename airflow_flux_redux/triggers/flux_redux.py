@@ -162,7 +162,10 @@ class FluxReduxTrigger(BaseTrigger):
             poll_interval=self.poll_interval,
             mode=self.wait_mode,
             max_consecutive_errors=self.max_consecutive_errors,
-            on_status=StatusReporter(self.log, handle.request_id, forward_logs=self.forward_logs),
+            # The class's logger, not the instance's: Airflow's structlog caches an assembled logger on its first
+            # use, per logger object, so thousands of waits share one instead of each assembling its own
+            # (~0.1 ms, as much as a status poll). Records still reach each trigger's log (routed by context).
+            on_status=StatusReporter(self.logger(), handle.request_id, forward_logs=self.forward_logs),
             logs=self.forward_logs,
             max_poll_interval=self.max_poll_interval,
         )

@@ -180,23 +180,37 @@ class _Records:
         self.records.append(message % args)
 
 
-def test_the_reporter_writes_one_record_per_state_change_with_fals_lines_in_order() -> None:
+def test_a_job_that_starts_at_once_writes_one_record_with_every_line_in_order() -> None:
+    from airflow_flux_redux.models import LogEntry
+    from airflow_flux_redux.wait import StatusReporter
+
+    log = _Records()
+    report = StatusReporter(log, "r-0")
+    report(QueueStatus(status=QueueState.IN_QUEUE, queue_position=0))
+    report(QueueStatus(status=QueueState.IN_PROGRESS, logs=[LogEntry(message="step 1")]))
+    report(QueueStatus(status=QueueState.IN_PROGRESS, logs=[LogEntry(message="step 1"), LogEntry(message="50% done")]))
+    assert log.records == []  # a job of a few seconds: its lines wait for its end
+    report(QueueStatus(status=QueueState.COMPLETED, logs=[LogEntry(message="step 1"), LogEntry(message="50% done")]))
+    # One record for the whole wait; every state and every line of fal's once, in order, "%" kept as is.
+    assert log.records == [
+        "fal request r-0 is IN_QUEUE, queue position 0\n"
+        "fal request r-0 is IN_PROGRESS\nfal: step 1\nfal: 50% done\n"
+        "fal request r-0 is COMPLETED"
+    ]
+
+
+def test_a_job_behind_others_is_written_when_its_wait_begins() -> None:
     from airflow_flux_redux.models import LogEntry
     from airflow_flux_redux.wait import StatusReporter
 
     log = _Records()
     report = StatusReporter(log, "r-1")
     report(QueueStatus(status=QueueState.IN_QUEUE, queue_position=3))
+    assert log.records == ["fal request r-1 is IN_QUEUE, queue position 3"]  # at once: it may sit for minutes
     report(QueueStatus(status=QueueState.IN_QUEUE, queue_position=2))  # within 10 s of the last position line
     report(QueueStatus(status=QueueState.IN_PROGRESS, logs=[LogEntry(message="step 1")]))
-    report(QueueStatus(status=QueueState.IN_PROGRESS, logs=[LogEntry(message="step 1"), LogEntry(message="50% done")]))
-    report(QueueStatus(status=QueueState.COMPLETED, logs=[LogEntry(message="step 1"), LogEntry(message="50% done")]))
-    # Three records for the whole wait; every line of fal's once, in the order it happened, "%" kept as is.
-    assert log.records == [
-        "fal request r-1 is IN_QUEUE, queue position 3",
-        "fal request r-1 is IN_PROGRESS\nfal: step 1",
-        "fal: 50% done\nfal request r-1 is COMPLETED",
-    ]
+    report(QueueStatus(status=QueueState.COMPLETED, logs=[LogEntry(message="step 1")]))
+    assert log.records[1:] == ["fal request r-1 is IN_PROGRESS\nfal: step 1\nfal request r-1 is COMPLETED"]
 
 
 def test_fals_lines_of_a_long_run_go_out_every_interval_and_at_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,13 +231,13 @@ def test_fals_lines_of_a_long_run_go_out_every_interval_and_at_the_end(monkeypat
     running(after=0.0)
     running("a", after=1.0)
     running("b", after=wait.FAL_LOG_INTERVAL - 2.0)  # still within the interval: gathered
-    assert log.records == ["fal request r-2 is IN_PROGRESS"]
-    running("c", after=1.5)  # the interval has passed since the last record: written on their own
-    assert log.records[1:] == ["fal: a\nfal: b\nfal: c"]
+    assert log.records == []
+    running("c", after=1.5)  # the interval has passed since the wait began: written without waiting for the end
+    assert log.records == ["fal request r-2 is IN_PROGRESS\nfal: a\nfal: b\nfal: c"]
     running("d", after=1.0)
     report.flush()  # the waiter stops without a state change (the window ended): nothing gathered is lost
     report.flush()
-    assert log.records[2:] == ["fal: d"]
+    assert log.records[1:] == ["fal: d"]
 
 
 def test_forward_logs_off_writes_the_states_alone() -> None:
@@ -235,4 +249,4 @@ def test_forward_logs_off_writes_the_states_alone() -> None:
     report(QueueStatus(status=QueueState.IN_PROGRESS, logs=[LogEntry(message="step 1")]))
     report(QueueStatus(status=QueueState.COMPLETED, logs=[LogEntry(message="step 1")]))
     report.flush()
-    assert log.records == ["fal request r-3 is IN_PROGRESS", "fal request r-3 is COMPLETED"]
+    assert log.records == ["fal request r-3 is IN_PROGRESS\nfal request r-3 is COMPLETED"]
