@@ -18,7 +18,7 @@ from airflow_flux_redux.exceptions import (
 )
 from airflow_flux_redux.hooks.flux_redux import FluxReduxAsyncHook
 from airflow_flux_redux.models import QueueHandle, QueueStatus
-from airflow_flux_redux.triggers._gc import freeze_once
+from airflow_flux_redux.triggers._gc import out_of_collection
 from airflow_flux_redux.wait import (
     DEFAULT_MAX_POLL_INTERVAL,
     StatusReporter,
@@ -152,7 +152,11 @@ class FluxReduxTrigger(BaseTrigger):
         return FluxReduxAsyncHook(flux_redux_conn_id=self.flux_redux_conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        freeze_once()
+        with out_of_collection():  # ends before the event: the runner may leave the generator suspended
+            event = await self._wait()
+        yield TriggerEvent(event)
+
+    async def _wait(self) -> dict[str, Any]:
         handle = self.handle
         hook = self._hook()
         policy = WaitPolicy(
@@ -181,7 +185,7 @@ class FluxReduxTrigger(BaseTrigger):
             error = FluxReduxError(f"{type(err).__name__} while waiting: {err}", request_id=handle.request_id)
             event = event_payload(handle, error=error, input_reference=self.input_reference)
         await self._hold()
-        yield TriggerEvent(event)
+        return event
 
     async def _hold(self) -> None:
         """Fire no earlier than ``not_before`` (apache/airflow#72716): the event waits, the job is done."""

@@ -255,23 +255,45 @@ async def test_where_the_stream_is_served_every_auto_wait_streams(flux_conn, ima
 
 @pytest.fixture
 def gc_unfrozen(monkeypatch):
-    """This process as a fresh triggerer: nothing frozen yet; unfrozen again afterwards."""
+    """This process as a fresh triggerer: nothing frozen, no wait in flight; unfrozen again afterwards."""
     from airflow_flux_redux.triggers import _gc
 
     gc.unfreeze()
-    monkeypatch.setattr(_gc, "_FROZEN", False)
+    monkeypatch.setattr(_gc, "_in_flight", 0)
+    monkeypatch.setattr(_gc, "_unfrozen", None)
     yield
     gc.unfreeze()
 
 
-async def test_the_first_wait_freezes_the_triggerers_imports_out_of_garbage_collection(
-    flux_conn, image_uri, gc_unfrozen
+async def test_waits_in_flight_keep_the_collector_off_the_imports_and_their_own_state(
+    flux_conn, image_uri, gc_unfrozen, monkeypatch
 ) -> None:
+    from airflow_flux_redux.hooks.flux_redux import FluxReduxAsyncHook
+    from airflow_flux_redux.triggers import _gc
+
+    monkeypatch.setattr(_gc, "FREEZE_BATCH", 4)
+    flux_conn.configure(run_seconds=1.5)  # every wait still waiting when the collector is looked at
+    policies: list[object] = []
+    follow = FluxReduxAsyncHook.follow
+
+    async def recording_follow(self, handle, policy):
+        policies.append(policy)
+        return await follow(self, handle, policy)
+
+    monkeypatch.setattr(FluxReduxAsyncHook, "follow", recording_follow)
     held = len(gc.get_objects())
-    (event,) = await events(make_trigger(image_uri))
-    assert event["status"] == "success"
-    # A full collection no longer walks what the process held before: its imports, Airflow's state.
+    waits = [asyncio.ensure_future(events(make_trigger(image_uri))) for _ in range(12)]
+    while len(policies) < 12:
+        await asyncio.sleep(0.05)
+    # What the process held (its imports, Airflow's state) is out of the collector's way ...
     assert gc.get_freeze_count() >= held * 0.9
+    # ... and so is the state of every wait but the few started since the last freeze (at most a batch).
+    walked = {id(obj) for obj in gc.get_objects()}
+    assert sum(id(policy) in walked for policy in policies) <= 4
+    results = await asyncio.gather(*waits)
+    assert all(event["status"] == "success" for (event,) in results)
+    # The last wait ended: everything goes back to the collector, so garbage frozen meanwhile is collected.
+    assert gc.get_freeze_count() == 0
 
 
 async def test_freeze_gc_false_leaves_the_collector_alone(flux_conn, image_uri, gc_unfrozen, monkeypatch) -> None:
