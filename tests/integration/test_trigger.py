@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import re
 import time
 from types import SimpleNamespace
 
@@ -240,6 +241,23 @@ async def test_many_auto_waits_starting_together_probe_the_stream_once(flux_conn
     results = await asyncio.gather(*(events(trigger) for trigger in triggers))
     assert all(event["status"] == "success" for (event,) in results)
     assert flux_conn.stats()["requests_by_route"]["stream"] == 1
+
+
+async def test_a_real_speed_job_tells_its_whole_story_in_one_trigger_log_record(flux_conn, image_uri, logs) -> None:
+    """A schnell job's wait (a free slot, 1-2 s of run): every state and every line of fal's, in order, in
+    one record of the trigger's log, not a record each (a record costs a triggerer about a status poll)."""
+    flux_conn.configure(queue_seconds=0.2, run_seconds=1.3, log_lines=3)
+    trigger = make_trigger(image_uri)
+    (event,) = await events(trigger)
+    assert event["status"] == "success"
+    request = trigger.handle.request_id
+    story = (
+        rf"fal request {request} is IN_QUEUE, queue position 0\n"
+        rf"fal request {request} is IN_PROGRESS\n(fal: [^\n]+\n)+"
+        rf"fal request {request} is COMPLETED"
+    )
+    # Separate records would each carry a timestamp and a logger name between the lines.
+    assert re.search(story, logs()), "the states and fal's lines are not one record, in order"
 
 
 async def test_where_the_stream_is_served_every_auto_wait_streams(flux_conn, image_uri) -> None:
