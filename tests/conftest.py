@@ -113,6 +113,15 @@ def logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]):
     return read
 
 
+def one_log_record(request: str, *, queue_seen: bool = True) -> str:
+    """A pattern: a wait's states and fal's lines as one record, in order (separate records would carry a
+    timestamp and a logger name between the lines). ``queue_seen=False``: the IN_QUEUE line may be missing
+    (a worker's first look, a poll interval after the submit, may already see the job running)."""
+    queued = rf"fal request {request} is IN_QUEUE, queue position 0\n"
+    running = rf"fal request {request} is IN_PROGRESS\n(fal: [^\n]+\n)+fal request {request} is COMPLETED"
+    return (queued if queue_seen else f"({queued})?") + running
+
+
 @pytest.fixture
 def times_logged(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]):
     """How many times a text was logged so far. Depending on the Airflow version a record reaches the stdlib

@@ -9,6 +9,7 @@ name the process looks up is recorded, so a request meant for fal would show.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from airflow_flux_redux.hooks.flux_redux import ASYNC_CLIENTS, FluxReduxHook
 from airflow_flux_redux.operators.flux_redux import FluxReduxOperator
 from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger
 from airflow_flux_redux.wait import WaitPolicy
-from tests.conftest import API_KEY, context
+from tests.conftest import API_KEY, context, one_log_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -119,6 +120,24 @@ async def test_deferred_wait_polls_the_relay_and_learns_it_has_no_stream(relay, 
     # auto tried the stream once (the relay has none), then polled; later waits on the relay poll at once.
     assert not WaitPolicy(request_id="x", status_url=kwargs["handle"]["status_url"]).use_stream
     assert not any(host in FAL_HOSTS for host in lookups), lookups
+
+
+def test_a_real_speed_job_on_the_relay_is_one_record_of_the_workers_log(relay, image_uri, tmp_path, logs) -> None:
+    """A schnell job as users run it (a free slot, 1.3 s of run) through a relay with fal's URLs and no status
+    stream finishes in the worker: its states and fal's lines are one record of the task's log."""
+    relay.configure(queue_seconds=0.2, run_seconds=1.3, log_lines=3)
+    result = FluxReduxOperator(task_id="vary", image_url=image_uri, output_path=str(tmp_path)).execute(context())
+    assert re.search(one_log_record(result["request_id"], queue_seen=False), logs())
+    assert relay.stats()["submissions"] == 1
+
+
+async def test_a_real_speed_job_on_the_relay_is_one_record_of_the_triggers_log(relay, image_uri, logs) -> None:
+    relay.configure(queue_seconds=0.2, run_seconds=1.3, log_lines=3)
+    handle = FluxReduxHook().submit({"image_url": image_uri})
+    trigger = FluxReduxTrigger(handle=handle.to_dict(), deadline=time.time() + 30, poll_interval=0.2)
+    (event,) = [event.payload async for event in trigger.run()]
+    assert event["status"] == "success"
+    assert re.search(one_log_record(handle.request_id), logs())
 
 
 def test_never_rebasing_refuses_before_sending_and_never_advises_trusting_fal(relay, image_uri, monkeypatch) -> None:
