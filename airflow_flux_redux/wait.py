@@ -12,14 +12,16 @@ the status URL): positions falling over time are the rate. The rule (``PollSched
 
 - a running job, a job next in line (position 0) and a job whose position is unknown are looked at every
   ``poll_interval``;
-- a queued job looks again after half its predicted start (``LOOK_FRACTION``), but never further ahead than
+- a queued job looks again after half its predicted start (``LOOK_FRACTION``), but not further ahead than
   twice the time this process has watched the queue (``TRUST_AHEAD``), and always between
   ``poll_interval`` and ``max_poll_interval`` (default 60 s): looks get denser as the start nears, and from
   2 x ``poll_interval`` before it the job is looked at every ``poll_interval``; so completion is seen
   within ``poll_interval`` (plus one request's time) when the estimate holds;
-- until some position has fallen, the rate is unknown: the queue may start any moment, at most
-  ``FASTEST_DRAIN`` jobs a second (40 one-second jobs at once, fal's largest self-serve limit, with room),
-  so a job at position p looks again after (p + 1) / ``FASTEST_DRAIN`` / 2 seconds (same bounds);
+- no queue is assumed to drain faster than ``FASTEST_DRAIN`` jobs a second (40 one-second jobs at once,
+  fal's largest self-serve limit, with room), so a job at position p can always wait half of
+  (p + 1) / ``FASTEST_DRAIN`` seconds (same bounds): that is its look until some position has fallen (the
+  rate is unknown), and the least it waits however briefly the queue has been watched (a batch of 10,000
+  just submitted does not look every second while the estimate builds up);
 - the status stream (``auto``) is opened only for a job that runs, is next in line, or is predicted to
   start within ``STREAM_LEAD`` x ``poll_interval`` (``WaitPolicy.stream_now``): deep-queued waits hold no
   connection, and the ones near the head see their start and end in milliseconds.
@@ -42,7 +44,10 @@ estimate costs:
 
 The in-worker window uses the same estimate: a job that cannot even start before the window ends closes
 the window at once (the operator defers instead of holding its worker slot); until the queue is seen to
-move, the window runs its normal length.
+move, only a job too deep to start within the window at ``FASTEST_DRAIN`` closes it (from the submit's
+answer, without a poll). The position a wait saw last is handed on (the operator's submit to its window,
+the deferring worker to the trigger): the next wait's first look is planned from it, so a batch of deep
+jobs that defers together does not poll all at once in the triggerer.
 """
 
 from __future__ import annotations
@@ -246,17 +251,30 @@ class PollSchedule:
         rate = self.drain.rate
         return None if rate is None else (position + 1) / rate
 
+    def earliest_start(self, position: int) -> float:
+        """Seconds until a job at ``position`` starts, by the estimate but never sooner than at ``FASTEST_DRAIN``."""
+        fastest = (position + 1) / FASTEST_DRAIN
+        start = self.predicted_start(position)
+        return fastest if start is None else max(start, fastest)
+
     def next_delay(self, status: QueueStatus) -> float:
         position = status.queue_position
-        if status.status is not QueueState.IN_QUEUE or position is None or position == 0:
+        if status.status is not QueueState.IN_QUEUE or position is None:
             return self.interval
+        return self.queued_delay(position)
+
+    def queued_delay(self, position: int) -> float:
+        """The next look at a job waiting at ``position`` (jobs ahead); see the module's docstring."""
+        if position == 0:
+            return self.interval
+        # No queue drains faster than FASTEST_DRAIN: looking at this part of that start is always safe.
+        safe = LOOK_FRACTION * (position + 1) / FASTEST_DRAIN
         start = self.predicted_start(position)
-        watched = self.drain.watched
-        if start is None:
-            # The queue has not been seen to move: it may start any moment, at the fastest plausible pace.
-            start = (position + 1) / FASTEST_DRAIN
-        # An estimate learnt over ``watched`` seconds is not trusted further ahead than that.
-        return min(self.max_interval, max(self.interval, min(LOOK_FRACTION * start, TRUST_AHEAD * watched)))
+        if start is None:  # the queue has not been seen to move: it may start at the fastest plausible pace
+            return min(self.max_interval, max(self.interval, safe))
+        # An estimate learnt over ``watched`` seconds is not trusted further ahead than that (nor than is safe).
+        ahead = max(TRUST_AHEAD * self.drain.watched, safe)
+        return min(self.max_interval, max(self.interval, min(LOOK_FRACTION * start, ahead)))
 
 
 class StatusReporter:
@@ -381,14 +399,23 @@ class WaitPolicy:
 
     # -- what the waiter saw -----------------------------------------------------------------------------
 
-    def saw_submit(self, position: int | None, at: float) -> None:
-        """The submit's answer said ``position``, at ``at`` (``time.monotonic()``): the wait's first look.
+    def saw_before(self, position: int | None, at: float) -> None:
+        """A look taken before this wait began said ``position``, at ``at`` (``time.monotonic()``): the submit's
+        answer, or, for the trigger, the deferring worker's last look.
 
-        A worker process starts knowing no drain rate; with the submit as a look, the first status already
-        shows how fast the queue moves, and a deep-queued job leaves the window after one poll, not two.
+        It counts as the wait's first look. A process starts knowing no drain rate; with it, the first status
+        already shows how fast the queue moves (a deep-queued job leaves the window after one poll, not two),
+        and the first status is timed by the position (``first_delay``), not taken at once. A job that cannot
+        start within the window even at the fastest pace closes it now, without a poll.
         """
         if position is not None and self._looked is None:
             self._looked = (at, position)
+            self._close_window_if_too_far(position)
+
+    @property
+    def last_look(self) -> tuple[float, int] | None:
+        """The last look at the job while it was queued: (``time.monotonic()``, position); None once it ran."""
+        return self._looked
 
     def seen(self, status: QueueStatus, now: float | None = None) -> bool:
         """Record a status; True when the job completed (then the waiter returns it).
@@ -418,18 +445,29 @@ class WaitPolicy:
     def _close_window_if_too_far(self, position: int) -> None:
         if self.until is None or self.left_window is not None or position == 0:
             return
-        start = self.schedule.predicted_start(position)
+        start = self.schedule.earliest_start(position)
         now = time.time()
-        if start is not None and now + start > self.until and (self.deadline is None or self.until < self.deadline):
+        if now + start > self.until and (self.deadline is None or self.until < self.deadline):
             self.left_window = f"queue position {position}, predicted to start in ~{start:.0f} s"
             self.until = min(self.until, now)
 
     def next_delay(self, status: QueueStatus) -> float:
         return self.schedule.next_delay(status)
 
-    def first_delay(self) -> float:
-        """Before the first look (none before a ``stream``-mode stream: it reports at once)."""
-        return 0.0 if self.mode == "stream" else self.schedule.first_delay()
+    def first_delay(self, now: float | None = None) -> float:
+        """Before the first look: a random part of ``poll_interval``, or, after a look taken before the wait
+        (``saw_before``) at a position, the next look that one planned; none before a ``stream``-mode stream.
+
+        A batch of 10,000 deferred jobs then does not poll 10,000 times in its first second in the triggerer.
+        """
+        if self.mode == "stream":
+            return 0.0
+        spread = self.schedule.first_delay()
+        if self._looked is None:
+            return spread
+        at, position = self._looked
+        elapsed = (time.monotonic() if now is None else now) - at
+        return max(spread, self.schedule.queued_delay(position) - elapsed)
 
     def stream_now(self) -> bool:
         """Whether the next look should be the status stream rather than a poll.

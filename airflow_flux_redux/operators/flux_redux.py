@@ -211,9 +211,10 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         self._handle: QueueHandle | None = None
         self._result: ReduxResult | None = None
         self._metrics: dict[str, Any] = {}
-        # This process's submit: request id, the queue position it answered and when (``time.monotonic()``); the
-        # position is the wait's first look at the queue (the stored handle keeps no position).
-        self._submitted: tuple[str, int | None, float] | None = None
+        # This process's last look at its job in fal's queue: request id, position and when (``time.monotonic()``),
+        # from the submit's answer, then from the in-worker window; the next wait's first look (the window's,
+        # then the trigger's) is planned from it (the stored handle keeps no position).
+        self._last_look: tuple[str, int | None, float] | None = None
         self._lineage: tuple[list[str], list[str | None]] = ([], [])
 
     @cached_property
@@ -258,7 +259,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         except FluxReduxSubmitUncertainError as err:
             # A task retry would submit again and could pay twice: fail without retries, say what to check.
             raise AirflowFailException(str(err)) from err
-        self._submitted = (handle.request_id, handle.queue_position, time.monotonic())
+        self._last_look = (handle.request_id, handle.queue_position, time.monotonic())
         self.log.info("Submitted fal request %s (queue position %s)", handle.request_id, handle.queue_position)
         self._remember(context, handle)
         stored: dict[str, JsonValue] = {"handle": dict(handle.to_dict()), "deadline": time.time() + self.timeout}
@@ -309,6 +310,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
                 self._result = self.hook.result(handle)
                 self._metrics = final.metrics
                 return
+        position, position_at = self._queue_look(handle)
         self.defer(
             trigger=FluxReduxTrigger(
                 handle=handle.to_dict(),
@@ -320,6 +322,8 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
                 not_before=_not_before(),
                 input_reference=input_reference(self.image_url),
                 max_poll_interval=self.max_poll_interval,
+                queue_position=position,
+                position_at=position_at,
             ),
             method_name="execute_complete",
             timeout=None,
@@ -342,8 +346,9 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             on_status=StatusReporter(self.log, handle.request_id),
             max_poll_interval=self.max_poll_interval,
         )
-        if self._submitted is not None and self._submitted[0] == handle.request_id:
-            policy.saw_submit(self._submitted[1], self._submitted[2])
+        position, at = self._queue_look(handle, monotonic=True)
+        if position is not None and at is not None:
+            policy.saw_before(position, at)
 
         async def follow() -> QueueStatus | None:
             hook = FluxReduxAsyncHook(flux_redux_conn_id=self.flux_redux_conn_id)
@@ -353,7 +358,10 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             finally:
                 await hook.aclose_loop_clients()
 
-        final = asyncio.run(follow())
+        # A job too deep to start within the window even at the fastest pace: no event loop, no poll.
+        final = None if policy.window_over() else asyncio.run(follow())
+        look = policy.last_look
+        self._last_look = (handle.request_id, None, 0.0) if look is None else (handle.request_id, look[1], look[0])
         if final is None and policy.left_window:
             self.log.info(
                 "Request %s is deep in fal's queue (%s), past the %.0fs in-worker window; deferring now.",
@@ -364,6 +372,14 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         elif final is None:
             self.log.info("Request %s still running after %.0fs; deferring.", handle.request_id, self.defer_after)
         return final
+
+    def _queue_look(self, handle: QueueHandle, *, monotonic: bool = False) -> tuple[int | None, float | None]:
+        """This process's last look at ``handle``'s job in the queue: its position and when (epoch seconds, or
+        ``time.monotonic()``); (None, None) when there is none (not submitted here, or the job ran)."""
+        look = self._last_look
+        if look is None or look[0] != handle.request_id or look[1] is None:
+            return None, None
+        return look[1], look[2] if monotonic else time.time() - (time.monotonic() - look[2])
 
     def get_job_result(self, external_id: JsonValue, context: Context) -> dict[str, Any]:
         handle, _ = _stored(external_id)

@@ -100,6 +100,9 @@ class FluxReduxTrigger(BaseTrigger):
     :param input_reference: The task's input as its XCom result names it (``_output.input_reference``: a
         ``data:`` URI shortened to its header), echoed in the event: a ``@task.flux_redux`` task learns its
         input from its function, which the resumed instance does not run again.
+    :param queue_position: The job's position in fal's queue at the deferring worker's last look, and
+    :param position_at: when (epoch seconds): the trigger's first look is planned from them (a deep-queued
+        job is not polled at once), and they count as its first look at the queue's pace.
     """
 
     def __init__(
@@ -116,6 +119,8 @@ class FluxReduxTrigger(BaseTrigger):
         not_before: float | None = None,
         input_reference: str | None = None,
         max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        queue_position: int | None = None,
+        position_at: float | None = None,
     ) -> None:
         super().__init__()
         self.handle = QueueHandle.from_dict(handle)
@@ -129,6 +134,8 @@ class FluxReduxTrigger(BaseTrigger):
         self.not_before = None if not_before is None else float(not_before)
         self.input_reference = input_reference
         self.max_poll_interval = float(max_poll_interval)
+        self.queue_position = queue_position
+        self.position_at = None if position_at is None else float(position_at)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -145,6 +152,8 @@ class FluxReduxTrigger(BaseTrigger):
                 "not_before": self.not_before,
                 "input_reference": self.input_reference,
                 "max_poll_interval": self.max_poll_interval,
+                "queue_position": self.queue_position,
+                "position_at": self.position_at,
             },
         )
 
@@ -173,6 +182,9 @@ class FluxReduxTrigger(BaseTrigger):
             logs=self.forward_logs,
             max_poll_interval=self.max_poll_interval,
         )
+        if self.queue_position is not None and self.position_at is not None:
+            # Epoch to this process's monotonic clock; a stale look (a restarted triggerer) plans a look now.
+            policy.saw_before(self.queue_position, time.monotonic() - max(0.0, time.time() - self.position_at))
         try:
             final = await hook.follow(handle, policy)
             assert final is not None  # no window: a status or an error

@@ -51,12 +51,41 @@ def fill_queue(emu: EmulatorServer, jobs: int, image_uri: str) -> None:
 def test_a_deep_queued_task_defers_at_once_instead_of_holding_its_worker_slot(queue_conn, image_uri, logs) -> None:
     fill_queue(queue_conn, 60, image_uri)  # 58 queued ahead at 1.33 jobs/s: ~45 s before ours can start
     started = time.monotonic()
-    with pytest.raises(TaskDeferred):
+    with pytest.raises(TaskDeferred) as deferred:
         FluxReduxOperator(task_id="deep", image_url=image_uri).execute(context())  # defaults: defer_after=10
     held = time.monotonic() - started
     assert held <= 4.0, f"held the worker slot {held:.1f} s for a job that cannot start within the window"
     assert "deep in fal's queue (queue position" in logs()
     assert queue_conn.stats()["submissions"] == 61
+    # The worker's last look goes to the trigger (its kwargs, stored in the metadata DB): the triggerer plans
+    # its first look from it instead of polling the job at once.
+    _, kwargs = deferred.value.trigger.serialize()
+    assert 50 <= kwargs["queue_position"] <= 60
+    assert time.time() - 5 <= kwargs["position_at"] <= time.time()
+
+
+async def test_a_trigger_handed_a_deep_position_does_not_poll_at_once(queue_conn, image_uri) -> None:
+    # 10,000 deep-queued tasks that defer together must not all poll in the triggerer's first second: the
+    # deferring worker saw this job 3,000 places back, so even at the fastest pace it is a minute away.
+    handle = FluxReduxHook().submit({"image_url": image_uri})
+    kwargs = {"handle": handle.to_dict(), "deadline": time.time() + 120}
+    deep = FluxReduxTrigger(**kwargs, queue_position=3000, position_at=time.time())
+    fresh = FluxReduxTrigger(**{**kwargs, "handle": FluxReduxHook().submit({"image_url": image_uri}).to_dict()})
+
+    async def first_event(trigger: FluxReduxTrigger) -> None:
+        async for _ in trigger.run():
+            return
+
+    try:
+        done, pending = await asyncio.wait([asyncio.ensure_future(first_event(t)) for t in (deep, fresh)], timeout=3.0)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    finally:
+        await ASYNC_CLIENTS.aclose()
+    polls = {rid: job["status_polls"] for rid, job in queue_conn.stats()["requests"].items()}
+    assert polls[deep.handle.request_id] == 0
+    assert polls[fresh.handle.request_id] >= 1  # no position handed on: it looks within the interval
 
 
 def test_the_submits_queue_position_is_the_first_look_so_one_poll_tells_the_pace(

@@ -20,7 +20,14 @@ import pytest
 
 from airflow_flux_redux.exceptions import FluxReduxError
 from airflow_flux_redux.models import QueueState, QueueStatus
-from airflow_flux_redux.wait import DEFAULT_MAX_POLL_INTERVAL, FASTEST_DRAIN, DrainRate, WaitPolicy, queue_key
+from airflow_flux_redux.wait import (
+    DEFAULT_MAX_POLL_INTERVAL,
+    FASTEST_DRAIN,
+    TRUST_AHEAD,
+    DrainRate,
+    WaitPolicy,
+    queue_key,
+)
 
 RUN = 1.5
 
@@ -189,16 +196,27 @@ def test_one_wait_teaches_the_others_on_the_same_queue_and_only_them() -> None:
     assert other.schedule.predicted_start(399) is None
 
 
-def test_before_the_queue_moves_looks_assume_the_fastest_pace_and_stretch_with_the_time_watched() -> None:
+def test_before_the_queue_moves_looks_assume_the_fastest_pace() -> None:
     wait = WaitPolicy(request_id="r", status_url=fresh_queue("r"), poll_interval=1.0, mode="poll")
     wait.seen(queued(300), now=0.0)
-    assert wait.next_delay(queued(300)) == 1.0  # nothing watched yet
-    wait.seen(queued(300), now=1.0)
-    wait.seen(queued(300), now=9.0)
-    # Standing still: it may start any moment, at most FASTEST_DRAIN jobs a second; 300 ahead is >= 6 s away.
+    # It may start any moment, at most FASTEST_DRAIN jobs a second: 300 ahead is >= 6 s away; look at half.
     assert wait.next_delay(queued(300)) == pytest.approx(0.5 * 301 / FASTEST_DRAIN)
-    assert wait.next_delay(queued(3000)) == pytest.approx(18.0)  # not trusted further than 2 x 9 s watched
+    wait.seen(queued(300), now=9.0)
+    assert wait.next_delay(queued(3000)) == pytest.approx(0.5 * 3001 / FASTEST_DRAIN)
     assert wait.next_delay(queued(20)) == 1.0  # could be in the first wave
+
+
+def test_a_pace_learnt_briefly_is_trusted_no_further_than_twice_the_time_watched_nor_less_than_the_fastest() -> None:
+    url = fresh_queue("b")
+    wait = WaitPolicy(request_id="b", status_url=url, poll_interval=1.0, mode="poll")
+    wait.seen(queued(600), now=0.0)
+    wait.seen(queued(590), now=2.0)  # 5 jobs a second, watched for 2 s
+    watched = wait.schedule.drain.watched
+    assert watched == pytest.approx(2.0)
+    # ~30 s to start: half of it is further ahead than 2 x 2 s watched.
+    assert wait.next_delay(queued(150)) == pytest.approx(TRUST_AHEAD * watched)
+    # ~600 s to start, and at least 12 s even at the fastest pace: half of the fastest is always safe.
+    assert wait.next_delay(queued(590)) == pytest.approx(0.5 * 591 / FASTEST_DRAIN)
 
 
 def test_a_queue_that_starts_after_its_waits_is_followed_from_its_first_wave() -> None:
@@ -228,19 +246,40 @@ def test_the_stream_is_only_for_jobs_running_next_in_line_or_about_to_start() ->
 def test_a_deep_queued_job_closes_the_in_worker_window_after_two_looks_the_submit_counting_as_one() -> None:
     now = time.time()
     deep = WaitPolicy(request_id="d", status_url=fresh_queue("d"), until=now + 10, deadline=now + 3600, mode="poll")
-    deep.seen(queued(500), now=0.0)
-    assert not deep.window_over()  # one look: the pace is unknown yet
-    deep.seen(queued(496), now=1.0)  # 4 jobs a second: ~100 s to start, past the 10 s window
-    assert deep.window_over() and "queue position 496" in (deep.left_window or "")
+    deep.seen(queued(200), now=0.0)
+    assert not deep.window_over()  # one look: the pace is unknown, and at the fastest it starts in ~4 s
+    deep.seen(queued(196), now=1.0)  # 4 jobs a second: ~40 s to start, past the 10 s window
+    assert deep.window_over() and "queue position 196" in (deep.left_window or "")
     # A worker knows the submit's answer: with its position as the first look, one poll is enough.
     fresh = WaitPolicy(request_id="f", status_url=fresh_queue("f"), until=now + 10, deadline=now + 3600, mode="poll")
-    fresh.saw_submit(500, at=0.0)
-    fresh.seen(queued(496), now=1.0)
-    assert fresh.window_over() and "queue position 496" in (fresh.left_window or "")
+    fresh.saw_before(200, at=0.0)
+    assert not fresh.window_over()
+    fresh.seen(queued(196), now=1.0)
+    assert fresh.window_over() and "queue position 196" in (fresh.left_window or "")
     near = WaitPolicy(request_id="n", status_url=fresh_queue("n"), until=now + 10, deadline=now + 3600, mode="poll")
     near.seen(queued(20), now=0.0)
     near.seen(queued(16), now=1.0)  # ~4 s to start: it can finish in the window
     assert not near.window_over() and near.left_window is None
+
+
+def test_a_job_too_deep_to_start_in_the_window_at_the_fastest_pace_closes_it_at_submit() -> None:
+    now = time.time()
+    wait = WaitPolicy(request_id="d", status_url=fresh_queue("d"), until=now + 10, deadline=now + 3600, mode="poll")
+    wait.saw_before(1000, at=time.monotonic())  # >= 20 s away even at FASTEST_DRAIN jobs a second
+    assert wait.window_over() and "queue position 1000" in (wait.left_window or "")
+
+
+def test_the_first_look_after_a_known_position_is_planned_from_it() -> None:
+    url = fresh_queue("p")
+    deep = WaitPolicy(request_id="p", status_url=url, poll_interval=1.0, mode="poll")
+    deep.saw_before(3000, at=100.0)
+    # Half of the soonest start (3,001 / FASTEST_DRAIN s), less what passed since that look.
+    assert deep.first_delay(now=104.0) == pytest.approx(0.5 * 3001 / FASTEST_DRAIN - 4.0)
+    # A stale look (a triggerer restarted long after) or a job next in line: a random part of the interval.
+    assert 0.0 <= deep.first_delay(now=1000.0) <= 1.0
+    head = WaitPolicy(request_id="h", status_url=url.replace("/p/", "/h/"), poll_interval=1.0, mode="poll")
+    head.saw_before(0, at=100.0)
+    assert 0.0 <= head.first_delay(now=100.0) <= 1.0
 
 
 def test_a_job_that_may_start_after_its_deadline_does_not_close_the_window_early() -> None:
