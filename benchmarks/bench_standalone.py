@@ -18,7 +18,8 @@ their own): the batch cannot end sooner than N x run / C. Versions:
 A first task of the DAG reports the ``airflow_flux_redux`` the workers imported. Figures: tasks succeeded,
 submissions (the emulator's count; one per task), worker seconds per task (the executor's workload durations,
 both phases), the first phase of tasks whose job was deep in the queue at submit (the operator's "queue
-position N" line): up to the deferral, or the whole task if it did not defer (target <= 3 s); wall from the
+position N" line; deep: too far back to finish within the 10 s window at C / run jobs a second, the issue's
+words): up to the deferral, or the whole task if it did not defer (target <= 3 s); wall from the
 first task's start to the last one's end against the floor; and the executor's slots: ``[core] parallelism``
 (the harness's), the DAG's ``max_active_tasks`` (Airflow's default), and the most workloads running at once
 (process start to supervisor exit: a finished task's supervisor may still be exiting while the next task
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import signal
@@ -51,6 +53,7 @@ DAG_FILE = Path(__file__).resolve().parent / "dags" / "bench_scale.py"
 DAG_ID, TASK_ID = "bench_scale", "vary"
 SUBMITTED = re.compile(r"Submitted fal request (\S+) \(queue position (\d+)\)")
 SLOT_TARGET = 3.0
+WINDOW = 10.0  # the operator's default defer_after
 
 
 @dataclass
@@ -255,12 +258,19 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="mapped tasks")
     parser.add_argument("--c", type=int, default=4, help="fal's account concurrency limit (the emulator's)")
     parser.add_argument("--run-seconds", type=float, default=1.5, help="each job's run time")
-    parser.add_argument("--deep", type=int, default=10, help="queue position at submit from which a job is deep")
+    parser.add_argument(
+        "--deep",
+        type=int,
+        help="queue position at submit from which a job is deep (default: the first whose job cannot finish within "
+        "the operator's 10 s window, (10 - run) x C / run)",
+    )
     parser.add_argument("--only", choices=["before", "after"], help="run one version")
     parser.add_argument("--before-ref", default="5fe8c74")
     parser.add_argument("--after-ref", help="a commit instead of the working tree")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for one DAG run")
     args = parser.parse_args()
+    if args.deep is None:
+        args.deep = math.ceil((WINDOW - args.run_seconds) * args.c / args.run_seconds)
     root = Path(tempfile.mkdtemp(prefix="bench-standalone-"))
     # A killed benchmark must still stop airflow standalone and the emulator (their context managers).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -361,7 +361,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         # A job too deep to start within the window even at the fastest pace: no event loop, no poll.
         final = None if policy.window_over() else asyncio.run(follow())
         look = policy.last_look
-        self._last_look = (handle.request_id, None, 0.0) if look is None else (handle.request_id, look[1], look[0])
+        self._last_look = None if look is None else (handle.request_id, look[1], look[0])  # None: it ran
         if final is None and policy.left_window:
             self.log.info(
                 "Request %s is deep in fal's queue (%s), past the %.0fs in-worker window; deferring now.",
