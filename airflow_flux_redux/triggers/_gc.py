@@ -9,8 +9,10 @@ does the same before its executors and DAG processor fork their children). So, w
 flight in a process:
 
 - the first wait freezes what the process holds (the imports, Airflow's state);
-- every ``FREEZE_BATCH`` waits started since, the process freezes again: the state of the waits started
-  meanwhile (the young generations are collected first, so their garbage is not frozen with them);
+- every ``FREEZE_BATCH`` waits started or ended since, the process freezes again: the state of the waits
+  started meanwhile, and what the running waits made since that lives on (their last status, their
+  gathered lines), which a batch that started at once would otherwise pile up for full collections to
+  walk; the young generations are collected first, so their garbage is not frozen with them;
 - when the last wait ends, everything is unfrozen (``gc.unfreeze()``): the next full collection, with no
   Redux wait waiting, collects what became garbage meanwhile, and the next wait starts over.
 
@@ -30,11 +32,11 @@ from airflow.providers.common.compat.sdk import conf
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-# Waits started between two freezes: a full collection walks at most this many waits' state.
+# Waits started or ended between two freezes: a full collection walks at most this many waits' state.
 FREEZE_BATCH = 256
 
 _in_flight = 0
-_unfrozen: int | None = None  # waits started since the last freeze; None: nothing frozen here
+_unfrozen: int | None = None  # waits started or ended since the last freeze; None: nothing frozen here
 
 
 @contextlib.contextmanager
@@ -55,14 +57,25 @@ def _started() -> None:
         return
     if _unfrozen is None and not conf.getboolean("flux_redux", "freeze_gc", fallback=True):
         return
-    gc.collect(1)
-    gc.freeze()
-    _unfrozen = 0
+    _freeze()
 
 
 def _ended() -> None:
     global _in_flight, _unfrozen
     _in_flight -= 1
-    if _in_flight == 0 and _unfrozen is not None:
+    if _unfrozen is None:
+        return
+    if _in_flight == 0:
         gc.unfreeze()
         _unfrozen = None
+    elif _unfrozen + 1 < FREEZE_BATCH:
+        _unfrozen += 1
+    else:
+        _freeze()
+
+
+def _freeze() -> None:
+    global _unfrozen
+    gc.collect(1)
+    gc.freeze()
+    _unfrozen = 0

@@ -307,6 +307,40 @@ async def test_waits_in_flight_keep_the_collector_off_the_imports_and_their_own_
     assert gc.get_freeze_count() == 0
 
 
+async def test_what_a_long_wait_makes_after_its_start_is_frozen_once_a_batch_of_others_has_ended(
+    flux_conn, image_uri, gc_unfrozen, monkeypatch
+) -> None:
+    # A batch that starts at once then only ends: without freezes at the ends, the state a long wait builds
+    # after its start (its policy, its last status) stays for every full collection to walk.
+    from airflow_flux_redux.hooks.flux_redux import FluxReduxAsyncHook
+    from airflow_flux_redux.triggers import _gc
+
+    monkeypatch.setattr(_gc, "FREEZE_BATCH", 4)
+    policies: dict[str, object] = {}
+    follow = FluxReduxAsyncHook.follow
+
+    async def recording_follow(self, handle, policy):
+        policies[handle.request_id] = policy
+        return await follow(self, handle, policy)
+
+    monkeypatch.setattr(FluxReduxAsyncHook, "follow", recording_follow)
+    flux_conn.configure(run_seconds=8.0)
+    long = make_trigger(image_uri)
+    flux_conn.configure(run_seconds=0.3)
+    short = [make_trigger(image_uri) for _ in range(2)]
+    waiting = asyncio.ensure_future(events(long))  # its start freezes; its policy is made after that
+    while long.handle.request_id not in policies:
+        await asyncio.sleep(0.05)
+    assert id(policies[long.handle.request_id]) in {id(obj) for obj in gc.get_objects()}
+    # Two starts and two ends: a batch of 4, so the process freezes again, the long wait's state with it.
+    for (event,) in await asyncio.gather(*(events(trigger) for trigger in short)):
+        assert event["status"] == "success"
+    assert not waiting.done()
+    assert id(policies[long.handle.request_id]) not in {id(obj) for obj in gc.get_objects()}
+    (event,) = await waiting
+    assert event["status"] == "success" and gc.get_freeze_count() == 0
+
+
 async def test_freeze_gc_false_leaves_the_collector_alone(flux_conn, image_uri, gc_unfrozen, monkeypatch) -> None:
     monkeypatch.setenv("AIRFLOW__FLUX_REDUX__FREEZE_GC", "False")
     (event,) = await events(make_trigger(image_uri))
