@@ -213,6 +213,11 @@ def drain_rate(key: str) -> DrainRate:
     return rate
 
 
+def fastest_start(position: int) -> float:
+    """Seconds until a job at ``position`` (jobs ahead) starts, at the soonest: at ``FASTEST_DRAIN`` jobs a second."""
+    return (position + 1) / FASTEST_DRAIN
+
+
 def on_wake_grid(delay: float, step: float, clock: float | None = None) -> float:
     """``delay`` stretched (by less than ``step``) to end on a multiple of ``step`` of the monotonic clock
     (asyncio's loop clock): waits whose delays end within one step wake together."""
@@ -253,9 +258,8 @@ class PollSchedule:
 
     def earliest_start(self, position: int) -> float:
         """Seconds until a job at ``position`` starts, by the estimate but never sooner than at ``FASTEST_DRAIN``."""
-        fastest = (position + 1) / FASTEST_DRAIN
         start = self.predicted_start(position)
-        return fastest if start is None else max(start, fastest)
+        return fastest_start(position) if start is None else max(start, fastest_start(position))
 
     def next_delay(self, status: QueueStatus) -> float:
         position = status.queue_position
@@ -267,14 +271,13 @@ class PollSchedule:
         """The next look at a job waiting at ``position`` (jobs ahead); see the module's docstring."""
         if position == 0:
             return self.interval
-        # No queue drains faster than FASTEST_DRAIN: looking at this part of that start is always safe.
-        safe = LOOK_FRACTION * (position + 1) / FASTEST_DRAIN
+        # No queue drains faster than FASTEST_DRAIN: looking at this part of that start is always safe, and is
+        # the look while the queue has not been seen to move.
+        safe = LOOK_FRACTION * fastest_start(position)
         start = self.predicted_start(position)
-        if start is None:  # the queue has not been seen to move: it may start at the fastest plausible pace
-            return min(self.max_interval, max(self.interval, safe))
         # An estimate learnt over ``watched`` seconds is not trusted further ahead than that (nor than is safe).
-        ahead = max(TRUST_AHEAD * self.drain.watched, safe)
-        return min(self.max_interval, max(self.interval, min(LOOK_FRACTION * start, ahead)))
+        look = safe if start is None else min(LOOK_FRACTION * start, max(TRUST_AHEAD * self.drain.watched, safe))
+        return min(self.max_interval, max(self.interval, look))
 
 
 class StatusReporter:
