@@ -77,7 +77,7 @@ async def test_a_trigger_handed_a_deep_position_does_not_poll_at_once(queue_conn
             return
 
     try:
-        done, pending = await asyncio.wait([asyncio.ensure_future(first_event(t)) for t in (deep, fresh)], timeout=3.0)
+        _, pending = await asyncio.wait([asyncio.ensure_future(first_event(t)) for t in (deep, fresh)], timeout=3.0)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
