@@ -137,7 +137,8 @@ async def test_a_real_speed_job_on_the_relay_is_one_record_of_the_triggers_log(r
     trigger = FluxReduxTrigger(handle=handle.to_dict(), deadline=time.time() + 30, poll_interval=0.2)
     (event,) = [event.payload async for event in trigger.run()]
     assert event["status"] == "success"
-    assert re.search(one_log_record(handle.request_id), logs())
+    # On a loaded machine the first look (within 0.2 s of the trigger's start) may already see the job running.
+    assert re.search(one_log_record(handle.request_id, queue_seen=False), logs())
 
 
 def test_never_rebasing_refuses_before_sending_and_never_advises_trusting_fal(relay, image_uri, monkeypatch) -> None:
