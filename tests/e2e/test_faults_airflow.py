@@ -70,7 +70,9 @@ def test_b_stalled_triggerer_wakes_up_without_cancelling_the_moved_job(e2e: Sess
     deferred (on the other triggerer) and leave the remote job alone. The task then succeeds.
     """
     d = e2e.deployment
-    run_id, row = start_deferred_run(e2e, DAG_ID, TASK_ID, queue_seconds=2.0, run_seconds=25.0, triggerers=2)
+    # 40 s: on a loaded 2-core machine the pause, the takeover and the wake-up took longer than a 25 s job,
+    # which then ended first, and the stale copy had nothing left to leave alone (seen in a fresh-clone run).
+    run_id, row = start_deferred_run(e2e, DAG_ID, TASK_ID, queue_seconds=2.0, run_seconds=40.0, triggerers=2)
     request_id = row["kwargs"]["handle"]["request_id"]
     stalled = d.triggerer_of_job(row["triggerer_id"])
     (healthy,) = [t for t in d.live_triggerers() if t is not stalled]
