@@ -403,8 +403,8 @@ class WaitPolicy:
     # -- what the waiter saw -----------------------------------------------------------------------------
 
     def saw_before(self, position: int | None, at: float) -> None:
-        """A look taken before this wait began said ``position``, at ``at`` (``time.monotonic()``): the submit's
-        answer, or, for the trigger, the deferring worker's last look.
+        """A look taken before this wait began said ``position``, at ``at`` (epoch seconds, so it may come from
+        another process): the submit's answer, or, for the trigger, the deferring worker's last look.
 
         It counts as the wait's first look. A process starts knowing no drain rate; with it, the first status
         already shows how fast the queue moves (a deep-queued job leaves the window after one poll, not two),
@@ -412,13 +412,18 @@ class WaitPolicy:
         start within the window even at the fastest pace closes it now, without a poll.
         """
         if position is not None and self._looked is None:
-            self._looked = (at, position)
+            # To this process's monotonic clock; a look from the future (clocks apart) counts as taken now.
+            self._looked = (time.monotonic() - max(0.0, time.time() - at), position)
             self._close_window_if_too_far(position)
 
     @property
-    def last_look(self) -> tuple[float, int] | None:
-        """The last look at the job while it was queued: (``time.monotonic()``, position); None once it ran."""
-        return self._looked
+    def last_look(self) -> tuple[int, float] | None:
+        """The last look at the job while it was queued: (position, epoch seconds), for ``saw_before`` of the
+        next wait; None once it ran."""
+        if self._looked is None:
+            return None
+        at, position = self._looked
+        return position, time.time() - (time.monotonic() - at)
 
     def seen(self, status: QueueStatus, now: float | None = None) -> bool:
         """Record a status; True when the job completed (then the waiter returns it).
@@ -457,7 +462,7 @@ class WaitPolicy:
     def next_delay(self, status: QueueStatus) -> float:
         return self.schedule.next_delay(status)
 
-    def first_delay(self, now: float | None = None) -> float:
+    def first_delay(self) -> float:
         """Before the first look: a random part of ``poll_interval``, or, after a look taken before the wait
         (``saw_before``) at a position, the next look that one planned; none before a ``stream``-mode stream.
 
@@ -469,8 +474,7 @@ class WaitPolicy:
         if self._looked is None:
             return spread
         at, position = self._looked
-        elapsed = (time.monotonic() if now is None else now) - at
-        return max(spread, self.schedule.queued_delay(position) - elapsed)
+        return max(spread, self.schedule.queued_delay(position) - (time.monotonic() - at))
 
     def stream_now(self) -> bool:
         """Whether the next look should be the status stream rather than a poll.

@@ -211,7 +211,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         self._handle: QueueHandle | None = None
         self._result: ReduxResult | None = None
         self._metrics: dict[str, Any] = {}
-        # This process's last look at its job in fal's queue: request id, position and when (``time.monotonic()``),
+        # This process's last look at its job in fal's queue: request id, position and when (epoch seconds),
         # from the submit's answer, then from the in-worker window; the next wait's first look (the window's,
         # then the trigger's) is planned from it (the stored handle keeps no position).
         self._last_look: tuple[str, int | None, float] | None = None
@@ -259,7 +259,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         except FluxReduxSubmitUncertainError as err:
             # A task retry would submit again and could pay twice: fail without retries, say what to check.
             raise AirflowFailException(str(err)) from err
-        self._last_look = (handle.request_id, handle.queue_position, time.monotonic())
+        self._last_look = (handle.request_id, handle.queue_position, time.time())
         self.log.info("Submitted fal request %s (queue position %s)", handle.request_id, handle.queue_position)
         self._remember(context, handle)
         stored: dict[str, JsonValue] = {"handle": dict(handle.to_dict()), "deadline": time.time() + self.timeout}
@@ -346,7 +346,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             on_status=StatusReporter(self.log, handle.request_id),
             max_poll_interval=self.max_poll_interval,
         )
-        position, at = self._queue_look(handle, monotonic=True)
+        position, at = self._queue_look(handle)
         if position is not None and at is not None:
             policy.saw_before(position, at)
 
@@ -361,7 +361,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         # A job too deep to start within the window even at the fastest pace: no event loop, no poll.
         final = None if policy.window_over() else asyncio.run(follow())
         look = policy.last_look
-        self._last_look = None if look is None else (handle.request_id, look[1], look[0])  # None: it ran
+        self._last_look = None if look is None else (handle.request_id, *look)  # None: it ran
         if final is None and policy.left_window:
             self.log.info(
                 "Request %s is deep in fal's queue (%s), past the %.0fs in-worker window; deferring now.",
@@ -373,13 +373,13 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             self.log.info("Request %s still running after %.0fs; deferring.", handle.request_id, self.defer_after)
         return final
 
-    def _queue_look(self, handle: QueueHandle, *, monotonic: bool = False) -> tuple[int | None, float | None]:
-        """This process's last look at ``handle``'s job in the queue: its position and when (epoch seconds, or
-        ``time.monotonic()``); (None, None) when there is none (not submitted here, or the job ran)."""
+    def _queue_look(self, handle: QueueHandle) -> tuple[int | None, float | None]:
+        """This process's last look at ``handle``'s job in the queue: its position and when (epoch seconds);
+        (None, None) when there is none (not submitted here, or the job ran)."""
         look = self._last_look
         if look is None or look[0] != handle.request_id or look[1] is None:
             return None, None
-        return look[1], look[2] if monotonic else time.time() - (time.monotonic() - look[2])
+        return look[1], look[2]
 
     def get_job_result(self, external_id: JsonValue, context: Context) -> dict[str, Any]:
         handle, _ = _stored(external_id)

@@ -183,8 +183,7 @@ class FluxReduxTrigger(BaseTrigger):
             max_poll_interval=self.max_poll_interval,
         )
         if self.queue_position is not None and self.position_at is not None:
-            # Epoch to this process's monotonic clock; a stale look (a restarted triggerer) plans a look now.
-            policy.saw_before(self.queue_position, time.monotonic() - max(0.0, time.time() - self.position_at))
+            policy.saw_before(self.queue_position, self.position_at)  # a stale one (a restarted triggerer): a look now
         try:
             final = await hook.follow(handle, policy)
             assert final is not None  # no window: a status or an error

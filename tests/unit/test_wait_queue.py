@@ -252,9 +252,9 @@ def test_a_deep_queued_job_closes_the_in_worker_window_after_two_looks_the_submi
     assert deep.window_over() and "queue position 196" in (deep.left_window or "")
     # A worker knows the submit's answer: with its position as the first look, one poll is enough.
     fresh = WaitPolicy(request_id="f", status_url=fresh_queue("f"), until=now + 10, deadline=now + 3600, mode="poll")
-    fresh.saw_before(200, at=0.0)
+    fresh.saw_before(200, at=time.time() - 1.0)
     assert not fresh.window_over()
-    fresh.seen(queued(196), now=1.0)
+    fresh.seen(queued(196))
     assert fresh.window_over() and "queue position 196" in (fresh.left_window or "")
     near = WaitPolicy(request_id="n", status_url=fresh_queue("n"), until=now + 10, deadline=now + 3600, mode="poll")
     near.seen(queued(20), now=0.0)
@@ -265,21 +265,25 @@ def test_a_deep_queued_job_closes_the_in_worker_window_after_two_looks_the_submi
 def test_a_job_too_deep_to_start_in_the_window_at_the_fastest_pace_closes_it_at_submit() -> None:
     now = time.time()
     wait = WaitPolicy(request_id="d", status_url=fresh_queue("d"), until=now + 10, deadline=now + 3600, mode="poll")
-    wait.saw_before(1000, at=time.monotonic())  # >= 20 s away even at FASTEST_DRAIN jobs a second
+    wait.saw_before(1000, at=time.time())  # >= 20 s away even at FASTEST_DRAIN jobs a second
     assert wait.window_over() and "queue position 1000" in (wait.left_window or "")
 
 
 def test_the_first_look_after_a_known_position_is_planned_from_it() -> None:
     url = fresh_queue("p")
     deep = WaitPolicy(request_id="p", status_url=url, poll_interval=1.0, mode="poll")
-    deep.saw_before(3000, at=100.0)
+    deep.saw_before(3000, at=time.time() - 4.0)  # a worker's look, 4 s ago, handed on in epoch seconds
     # Half of the soonest start (3,001 / FASTEST_DRAIN s), less what passed since that look.
-    assert deep.first_delay(now=104.0) == pytest.approx(0.5 * 3001 / FASTEST_DRAIN - 4.0)
+    assert deep.first_delay() == pytest.approx(0.5 * 3001 / FASTEST_DRAIN - 4.0, abs=0.05)
+    assert deep.last_look is not None and deep.last_look[0] == 3000
+    assert deep.last_look[1] == pytest.approx(time.time() - 4.0, abs=0.05)  # handed on again as it came
     # A stale look (a triggerer restarted long after) or a job next in line: a random part of the interval.
-    assert 0.0 <= deep.first_delay(now=1000.0) <= 1.0
+    stale = WaitPolicy(request_id="s", status_url=url.replace("/p/", "/s/"), poll_interval=1.0, mode="poll")
+    stale.saw_before(3000, at=time.time() - 1000.0)
+    assert 0.0 <= stale.first_delay() <= 1.0
     head = WaitPolicy(request_id="h", status_url=url.replace("/p/", "/h/"), poll_interval=1.0, mode="poll")
-    head.saw_before(0, at=100.0)
-    assert 0.0 <= head.first_delay(now=100.0) <= 1.0
+    head.saw_before(0, at=time.time())
+    assert 0.0 <= head.first_delay() <= 1.0
 
 
 def test_a_job_that_may_start_after_its_deadline_does_not_close_the_window_early() -> None:
