@@ -51,6 +51,9 @@ WELL_FORMED = {
     "chunked": chunked(hex(len(STATUS))[2:].encode()),
 }
 TIMEOUT = 2.0
+# A read that blocked the event loop on a hostile answer would stall it for about TIMEOUT; a loaded machine's
+# own hiccups (the suites run beside the deployments) stay far below this.
+STALLED = TIMEOUT / 4
 
 
 class RawServer:
@@ -110,6 +113,11 @@ class Heartbeat:
             self.worst = max(self.worst, now - last - 0.01)
             last = now
 
+    async def longest_stall(self) -> float:
+        """``worst``, once the ticker has had its turn (a stall that just ended is counted)."""
+        await asyncio.sleep(0.03)
+        return self.worst
+
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[RawServer, str, Heartbeat]]:
@@ -155,11 +163,11 @@ async def test_malformed_framing_is_refused_within_the_timeout_and_the_loop_keep
     took, outcome = await timed(lambda: async_status(url))
     assert isinstance(outcome, FluxReduxTransportError | FluxReduxProtocolError), outcome
     assert took < TIMEOUT + 0.5
-    assert beat.worst < 0.1
+    assert await beat.longest_stall() < STALLED
     took, outcome = await timed(lambda: asyncio.to_thread(sync_status, url))
     assert isinstance(outcome, FluxReduxTransportError | FluxReduxProtocolError), outcome
     assert took < TIMEOUT + 0.5
-    assert beat.worst < 0.1
+    assert await beat.longest_stall() < STALLED
 
 
 @pytest.mark.parametrize("case", list(WELL_FORMED))
@@ -168,7 +176,7 @@ async def test_well_formed_answers_are_read_as_the_status(gateway, case) -> None
     raw.answer = WELL_FORMED[case]
     assert (await async_status(url)).status is QueueState.COMPLETED
     assert (await asyncio.to_thread(sync_status, url)).status is QueueState.COMPLETED
-    assert beat.worst < 0.1
+    assert await beat.longest_stall() < STALLED
 
 
 async def test_an_answer_dripped_a_byte_at_a_time_ends_within_the_calls_timeout(gateway) -> None:
@@ -177,7 +185,7 @@ async def test_an_answer_dripped_a_byte_at_a_time_ends_within_the_calls_timeout(
     took, outcome = await timed(lambda: async_status(url))
     assert isinstance(outcome, FluxReduxTransportError) and "timeout" in str(outcome)
     assert took < TIMEOUT + 0.5
-    assert beat.worst < 0.1
+    assert await beat.longest_stall() < STALLED
 
 
 async def test_the_sync_hook_bounds_a_dripped_body_by_the_calls_timeout(gateway) -> None:
