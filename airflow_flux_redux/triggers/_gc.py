@@ -50,14 +50,12 @@ def out_of_collection() -> Iterator[None]:
 
 
 def _started() -> None:
-    global _in_flight, _unfrozen
+    global _in_flight
     _in_flight += 1
-    if _unfrozen is not None and _unfrozen + 1 < FREEZE_BATCH:
-        _unfrozen += 1
-        return
-    if _unfrozen is None and not conf.getboolean("flux_redux", "freeze_gc", fallback=True):
-        return
-    _freeze()
+    if _unfrozen is not None:
+        _count()
+    elif conf.getboolean("flux_redux", "freeze_gc", fallback=True):
+        _freeze()
 
 
 def _ended() -> None:
@@ -68,7 +66,15 @@ def _ended() -> None:
     if _in_flight == 0:
         gc.unfreeze()
         _unfrozen = None
-    elif _unfrozen + 1 < FREEZE_BATCH:
+    else:
+        _count()
+
+
+def _count() -> None:
+    """One more wait started or ended since the last freeze: freeze again once ``FREEZE_BATCH`` have."""
+    global _unfrozen
+    assert _unfrozen is not None
+    if _unfrozen + 1 < FREEZE_BATCH:
         _unfrozen += 1
     else:
         _freeze()
