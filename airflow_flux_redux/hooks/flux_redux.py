@@ -62,6 +62,7 @@ from airflow_flux_redux.wait import TOLERATED, StreamUnsupportedError, WaitMode,
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
+    from contextlib import AbstractAsyncContextManager
 
     from airflow.providers.common.compat.sdk import Connection
 
@@ -303,6 +304,12 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         """Close the pooled clients of the running loop (a short-lived loop, such as a worker's wait, ends)."""
         await ASYNC_CLIENTS.aclose()
 
+    @staticmethod
+    def loop_clients_in_use() -> AbstractAsyncContextManager[None]:
+        """Keep the running loop's pooled clients open for a stretch of work (a trigger's run); they close
+        when the loop's last user leaves (a stopping triggerer logs no "Unclosed client session")."""
+        return ASYNC_CLIENTS.in_use()
+
     async def aget_settings(self) -> FluxReduxSettings:
         if self._settings is None:
             self._settings = await self._shared_settings()
@@ -352,9 +359,9 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
     async def _call(self, op: str, method: str, url: str, request_id: str | None, **kwargs: Any) -> httpx.Response:
         settings = self._settings or await self.aget_settings()
         settings.require_trusted(url, op, request_id)
-        client, in_flight = ASYNC_CLIENTS.get(settings)
 
         async def attempt() -> httpx.Response:
+            client, in_flight = ASYNC_CLIENTS.get(settings)
             try:
                 async with in_flight, asyncio.timeout(settings.timeout):
                     response = await client.request(method, url, **kwargs)
@@ -363,7 +370,8 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
             raise_for_status(response, op, request_id)
             return response
 
-        return await acall_with_retries(settings, op, self.log, attempt)
+        async with ASYNC_CLIENTS.in_use():
+            return await acall_with_retries(settings, op, self.log, attempt)
 
     async def _get(self, op: str, url: str, request_id: str | None) -> httpx.Response | Reply:
         """A GET on the waits' session when ``url`` is on the connection's own origin, else through the client."""
@@ -371,17 +379,17 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         settings.require_trusted(url, op, request_id)
         if not settings.same_origin(url):
             return await self._call(op, "GET", url, request_id)
-        waits = ASYNC_CLIENTS.entry(settings).waits
 
         async def attempt() -> Reply:
             try:
-                reply = await waits.get(url)
+                reply = await ASYNC_CLIENTS.entry(settings).waits.get(url)
             except TRANSPORT_ERRORS as err:
                 raise transport_error(err, op, url, request_id) from None
             raise_for_status(reply, op, request_id)
             return reply
 
-        return await acall_with_retries(settings, op, self.log, attempt)
+        async with ASYNC_CLIENTS.in_use():
+            return await acall_with_retries(settings, op, self.log, attempt)
 
     async def submit(
         self, request: FluxReduxRequest | dict[str, Any], *, webhook_url: str | None = None
@@ -418,7 +426,10 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         url = stream_url(handle.status_url)
         settings.require_trusted(url, "status stream", handle.request_id)
         try:
-            async with open_stream(settings, with_logs(url, logs), fallback_when_busy) as response:
+            async with (
+                ASYNC_CLIENTS.in_use(),
+                open_stream(settings, with_logs(url, logs), fallback_when_busy) as response,
+            ):
                 async for status in read_statuses(response, handle.request_id):
                     yield status
         except TRANSPORT_ERRORS as err:
@@ -431,7 +442,8 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
         is cancelled; a job that completed meanwhile is returned, else ``FluxReduxTimeoutError`` is raised.
         """
         try:
-            return await self._follow_until_stop(handle, policy)
+            async with ASYNC_CLIENTS.in_use():  # the pool stays open between the polls
+                return await self._follow_until_stop(handle, policy)
         finally:
             policy.stopped()
 

@@ -353,10 +353,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         async def follow() -> QueueStatus | None:
             hook = FluxReduxAsyncHook(flux_redux_conn_id=self.flux_redux_conn_id)
             hook.use_settings(settings)
-            try:
-                return await hook.follow(handle, policy)
-            finally:
-                await hook.aclose_loop_clients()
+            return await hook.follow(handle, policy)  # its clients close as it ends
 
         # A job too deep to start within the window even at the fastest pace: no event loop, no poll.
         final = None if policy.window_over() else asyncio.run(follow())

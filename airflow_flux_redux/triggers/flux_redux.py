@@ -161,8 +161,11 @@ class FluxReduxTrigger(BaseTrigger):
         return FluxReduxAsyncHook(flux_redux_conn_id=self.flux_redux_conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        with out_of_collection():  # ends before the event: the runner may leave the generator suspended
-            event = await self._wait()
+        # Both end before the event: the runner may leave the generator suspended. The loop's clients stay
+        # open from the first look to the result, and close when the loop's last Redux trigger ends.
+        async with FluxReduxAsyncHook.loop_clients_in_use():
+            with out_of_collection():
+                event = await self._wait()
         yield TriggerEvent(event)
 
     async def _wait(self) -> dict[str, Any]:

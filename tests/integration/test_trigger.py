@@ -345,3 +345,42 @@ async def test_freeze_gc_false_leaves_the_collector_alone(flux_conn, image_uri, 
     monkeypatch.setenv("AIRFLOW__FLUX_REDUX__FREEZE_GC", "False")
     (event,) = await events(make_trigger(image_uri))
     assert event["status"] == "success" and gc.get_freeze_count() == 0
+
+
+def test_a_triggerer_loop_that_ends_closes_the_clients_its_waits_shared(flux_conn, image_uri, logs) -> None:
+    """A triggerer whose waits have all ended keeps no socket open to fal (nor logs "Unclosed client session"
+    when its loop ends); the waits of one loop share one pool while any of them waits, and a wait that comes
+    after the last one ended gets a new one."""
+    import psutil
+
+    from airflow_flux_redux.hooks import _transport
+
+    built = []
+    original = _transport.WaitSession.__init__
+
+    def counting(self, *args, **kwargs) -> None:
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    def sockets_to_fal() -> int:
+        gc.collect()  # the submits' clients, dropped
+        port = int(flux_conn.url.rsplit(":", 1)[1])
+        return sum(1 for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port)
+
+    short = make_trigger(image_uri)
+    flux_conn.configure(run_seconds=1.0)
+    long = make_trigger(image_uri)
+    later = make_trigger(image_uri)
+
+    async def triggerer() -> list[list[dict]]:
+        first = await asyncio.gather(events(short), events(long))  # the short one ends while the long one polls
+        return [*first, await events(later)]
+
+    before = sockets_to_fal()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_transport.WaitSession, "__init__", counting)
+        outcomes = asyncio.run(triggerer())
+    assert [event["status"] for (event,) in outcomes] == ["success"] * 3
+    assert len(built) == 2  # one for the two waits together, one for the wait after them
+    assert sockets_to_fal() == before
+    assert "Unclosed" not in logs()
