@@ -42,10 +42,12 @@ estimate costs:
 - **a cancelled neighbour**: the jobs behind it move up one place sooner than predicted, well inside the
   margin that looking at half the predicted start leaves.
 
-The in-worker window uses the same estimate: a job that cannot even start before the window ends closes
-the window at once (the operator defers instead of holding its worker slot); until the queue is seen to
-move, only a job too deep to start within the window at ``FASTEST_DRAIN`` closes it (from the submit's
-answer, without a poll). The position a wait saw last is handed on (the operator's submit to its window,
+The in-worker window uses the same estimate: a job that cannot end before the window ends closes the
+window at once (the operator defers instead of holding its worker slot). A job ends no sooner than the one
+behind it starts: fal dispatches one job per R / C seconds, and the job's own run (R) lasts at least that
+long since C >= 1; so a job at position p ends no sooner than (p + 2) / rate seconds from now. Until the
+queue is seen to move, only a job too deep to end within the window at ``FASTEST_DRAIN`` closes it (from
+the submit's answer, without a poll). The position a wait saw last is handed on (the operator's submit to its window,
 the deferring worker to the trigger): the next wait's first look is planned from it, so a batch of deep
 jobs that defers together does not poll all at once in the triggerer.
 """
@@ -261,6 +263,11 @@ class PollSchedule:
         start = self.predicted_start(position)
         return fastest_start(position) if start is None else max(start, fastest_start(position))
 
+    def earliest_end(self, position: int) -> float:
+        """Seconds until a job at ``position`` ends, at the soonest: when the job behind it starts (its own run
+        lasts at least the time between two dispatches, C of them running at once, C >= 1)."""
+        return self.earliest_start(position + 1)
+
     def next_delay(self, status: QueueStatus) -> float:
         position = status.queue_position
         if status.status is not QueueState.IN_QUEUE or position is None:
@@ -409,7 +416,7 @@ class WaitPolicy:
         It counts as the wait's first look. A process starts knowing no drain rate; with it, the first status
         already shows how fast the queue moves (a deep-queued job leaves the window after one poll, not two),
         and the first status is timed by the position (``first_delay``), not taken at once. A job that cannot
-        start within the window even at the fastest pace closes it now, without a poll.
+        end within the window even at the fastest pace closes it now, without a poll.
         """
         if position is not None and self._looked is None:
             # To this process's monotonic clock; a look from the future (clocks apart) counts as taken now.
@@ -453,10 +460,10 @@ class WaitPolicy:
     def _close_window_if_too_far(self, position: int) -> None:
         if self.until is None or self.left_window is not None or position == 0:
             return
-        start = self.schedule.earliest_start(position)
+        end = self.schedule.earliest_end(position)
         now = time.time()
-        if now + start > self.until and (self.deadline is None or self.until < self.deadline):
-            self.left_window = f"queue position {position}, predicted to start in ~{start:.0f} s"
+        if now + end > self.until and (self.deadline is None or self.until < self.deadline):
+            self.left_window = f"queue position {position}, predicted to end in ~{end:.0f} s at the soonest"
             self.until = min(self.until, now)
 
     def next_delay(self, status: QueueStatus) -> float:

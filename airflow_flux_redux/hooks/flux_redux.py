@@ -479,7 +479,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
                     if policy.seen(status):
                         return status
                     if policy.window_over():
-                        return None  # the queue says the job cannot start within the window: leave now
+                        return None  # the queue says the job cannot end within the window: leave now
                     delay = policy.next_delay(status)
             except TOLERATED as err:
                 delay = policy.failed(err)

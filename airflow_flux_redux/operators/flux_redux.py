@@ -113,7 +113,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
         changes the default; airflow.cfg's value is not used, as Airflow writes ``false`` there by default.
     :param defer_after: Seconds (or ``timedelta``) to follow the job in the worker before deferring; a job that
         completes sooner finishes right there. 0 defers at once. Only with ``deferrable``. A job whose place in
-        fal's queue says it cannot start within the window defers as soon as that is known (1-2 looks).
+        fal's queue says it cannot end within the window defers as soon as that is known (1-2 looks).
     :param poll_interval: Seconds between status polls of a running job (the shortest delay).
     :param max_poll_interval: The longest delay between two looks at a job waiting in fal's queue (default
         60 s): a queued job is looked at less often the further back it is (``airflow_flux_redux.wait``).
@@ -355,7 +355,7 @@ class FluxReduxOperator(ResumableJobMixin, BaseOperator):
             hook.use_settings(settings)
             return await hook.follow(handle, policy)  # its clients close as it ends
 
-        # A job too deep to start within the window even at the fastest pace: no event loop, no poll.
+        # A job too deep to end within the window even at the fastest pace: no event loop, no poll.
         final = None if policy.window_over() else asyncio.run(follow())
         look = policy.last_look
         self._last_look = None if look is None else (handle.request_id, *look)  # None: it ran

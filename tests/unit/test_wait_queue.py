@@ -269,6 +269,27 @@ def test_a_job_too_deep_to_start_in_the_window_at_the_fastest_pace_closes_it_at_
     assert wait.window_over() and "queue position 1000" in (wait.left_window or "")
 
 
+def test_a_job_that_could_start_but_not_end_within_the_window_closes_it() -> None:
+    """fal dispatches the job behind before this one's run is over (C >= 1): it ends no sooner than that."""
+    url = fresh_queue("a")
+    teacher = WaitPolicy(request_id="a", status_url=url, poll_interval=1.0, mode="poll")
+    for t in range(11):
+        teacher.seen(queued(40 - t), now=float(t))  # a job a second: C = 1 and jobs of 1 s, or C = 2 and 2 s
+    start, end = teacher.schedule.earliest_start(10), teacher.schedule.earliest_end(10)
+    assert end - start > 0.5  # one dispatch apart
+    now = time.time()
+
+    def window(request_id: str, position: int) -> WaitPolicy:
+        other = url.replace("/requests/a/", f"/requests/{request_id}/")
+        wait = WaitPolicy(request_id=request_id, status_url=other, until=now + (start + end) / 2, deadline=now + 3600)
+        wait.saw_before(position, at=now)  # the submit's answer
+        return wait
+
+    late = window("b", 10)  # it may start within the window, but not end
+    assert late.window_over() and "queue position 10, predicted to end in ~" in (late.left_window or "")
+    assert not window("c", 9).window_over()  # it may end within the window: it stays
+
+
 def test_the_first_look_after_a_known_position_is_planned_from_it() -> None:
     url = fresh_queue("p")
     deep = WaitPolicy(request_id="p", status_url=url, poll_interval=1.0, mode="poll")
