@@ -45,11 +45,15 @@ estimate costs:
 The in-worker window uses the same estimate: a job that cannot end before the window ends closes the
 window at once (the operator defers instead of holding its worker slot). A job ends no sooner than the one
 behind it starts: fal dispatches one job per R / C seconds, and the job's own run (R) lasts at least that
-long since C >= 1; so a job at position p ends no sooner than (p + 2) / rate seconds from now. Until the
-queue is seen to move, only a job too deep to end within the window at ``FASTEST_DRAIN`` closes it (from
-the submit's answer, without a poll). The position a wait saw last is handed on (the operator's submit to its window,
-the deferring worker to the trigger): the next wait's first look is planned from it, so a batch of deep
-jobs that defers together does not poll all at once in the triggerer.
+long since C >= 1; so a job at position p ends no sooner than (p + 2) / rate seconds from now. The rate is
+the looks' optimistic one, so a job that could end within the window is not sent away (a window on the
+pace as seen decided sooner but deferred such jobs: benchmarks/README.md). Until the queue is seen to
+move, only a job too deep to end within the window at ``FASTEST_DRAIN`` closes it (from the submit's
+answer, without a poll).
+
+The position a wait saw last is handed on (the operator's submit to its window, the deferring worker to
+the trigger): the next wait's first look is planned from it, so a batch of deep jobs that defers together
+does not poll all at once in the triggerer.
 """
 
 from __future__ import annotations

@@ -301,7 +301,8 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
 
     @staticmethod
     async def aclose_loop_clients() -> None:
-        """Close the pooled clients of the running loop (a short-lived loop, such as a worker's wait, ends)."""
+        """Close the running loop's pooled clients now; they also close by themselves when their last user
+        (a call, a wait, a trigger's run: ``loop_clients_in_use``) is done."""
         await ASYNC_CLIENTS.aclose()
 
     @staticmethod
