@@ -93,16 +93,32 @@ _PROBES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.
 async def stream_probe(policy: WaitPolicy) -> asyncio.Future[bool | None] | None:
     """Single flight: the first ``auto`` wait on an unknown origin tries the stream (it gets the future to
     settle); the others wait for its answer instead of each opening a connection a relay would refuse."""
+    policy.refresh()  # a settled probe is forgotten: what it found is in the policy's per-origin sets
     if not policy.must_probe:
         return None
     loop = asyncio.get_running_loop()
-    probes = _PROBES.setdefault(loop, {})
     while True:
-        pending = probes.get(policy.origin)
-        if pending is None or (pending.done() and pending.result() is None):
-            probes[policy.origin] = loop.create_future()
-            return probes[policy.origin]
+        probes = _PROBES.setdefault(loop, {})
+        pending = probes.get(policy.origin)  # settled ones are gone (``settle_probe``)
+        if pending is None:
+            probe = probes[policy.origin] = loop.create_future()
+            return probe
         await asyncio.shield(pending)
         policy.refresh()
         if not policy.must_probe:
             return None
+
+
+def settle_probe(origin: str, probe: asyncio.Future[bool | None], served: bool | None) -> None:
+    """Tell the waits on ``probe`` what its wait found (None: nothing; the next wait probes again), once, and
+    forget it: what was found lives on in the wait policy's per-origin sets, and a future kept here would keep
+    its event loop (and that loop's clients) alive after the loop ends."""
+    if probe.done():
+        return
+    probe.set_result(served)
+    loop = probe.get_loop()
+    probes = _PROBES.get(loop, {})
+    if probes.get(origin) is probe:
+        del probes[origin]
+        if not probes:
+            del _PROBES[loop]

@@ -286,10 +286,10 @@ class _LoopClients:
 class _AsyncClientPool:
     """Per event loop and per (base URL, credentials, proxy): one httpx client and one wait session.
 
-    Thousands of triggers in one triggerer share a handful of connections instead of a client each. The
-    triggers hold the pool while they work (``in_use``); when the last one of a loop leaves, the loop's
-    clients are closed, so a triggerer that stops (its loop ends) or goes quiet keeps no idle sockets and
-    logs no "Unclosed client session".
+    Thousands of triggers in one triggerer share a handful of connections instead of a client each. Calls,
+    waits and trigger runs hold the pool while they work (``in_use``); when the last one of a loop leaves,
+    the loop's clients are closed: a loop that ends (``asyncio.run`` in user code) leaves no sockets open and
+    logs no "Unclosed client session", and the pool does not keep its loop alive (its clients refer to it).
     """
 
     def __init__(self) -> None:

@@ -42,7 +42,7 @@ from airflow_flux_redux.hooks._proxy import proxy_password
 from airflow_flux_redux.hooks._retry import acall_with_retries, call_with_retries
 from airflow_flux_redux.hooks._settings import _SETTINGS_CACHE, SETTINGS_TTL, FluxReduxSettings
 from airflow_flux_redux.hooks._settings import DEFAULT_BASE_URL as DEFAULT_BASE_URL
-from airflow_flux_redux.hooks._stream import open_stream, read_statuses, stream_probe, stream_url
+from airflow_flux_redux.hooks._stream import open_stream, read_statuses, settle_probe, stream_probe, stream_url
 from airflow_flux_redux.hooks._transport import (
     ASYNC_CLIENTS,
     TRANSPORT_ERRORS,
@@ -308,7 +308,7 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
     @staticmethod
     def loop_clients_in_use() -> AbstractAsyncContextManager[None]:
         """Keep the running loop's pooled clients open for a stretch of work (a trigger's run); they close
-        when the loop's last user leaves (a stopping triggerer logs no "Unclosed client session")."""
+        when the loop's last user leaves."""
         return ASYNC_CLIENTS.in_use()
 
     async def aget_settings(self) -> FluxReduxSettings:
@@ -494,19 +494,19 @@ class FluxReduxAsyncHook(_FluxReduxHookBase):
             async for status in self.stream(handle, logs=policy.logs, fallback_when_busy=policy.mode == "auto"):
                 if probe is not None and not probe.done():
                     policy.stream_served()
-                    probe.set_result(True)
+                    settle_probe(policy.origin, probe, True)
                 if policy.seen(status):
                     return status
                 if policy.window_over():
                     return None
             raise FluxReduxProtocolError("status stream closed before COMPLETED", request_id=handle.request_id)
         except StreamUnsupportedError as err:
-            if probe is not None and not probe.done() and not err.busy:
-                probe.set_result(False)
+            if probe is not None and not err.busy:
+                settle_probe(policy.origin, probe, False)
             raise
         finally:
-            if probe is not None and not probe.done():
-                probe.set_result(None)  # nothing learnt (an error, a cancel): the next wait probes again
+            if probe is not None:
+                settle_probe(policy.origin, probe, None)  # nothing learnt (an error, a cancel): the next wait probes
 
     async def wait(
         self,

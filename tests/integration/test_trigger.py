@@ -7,6 +7,7 @@ import gc
 import json
 import re
 import time
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -353,13 +354,13 @@ def test_a_triggerer_loop_that_ends_closes_the_clients_its_waits_shared(flux_con
     after the last one ended gets a new one."""
     import psutil
 
-    from airflow_flux_redux.hooks import _transport
+    from airflow_flux_redux.hooks import _stream, _transport
 
-    built = []
+    built = []  # weak: a session held here could never say it was left unclosed
     original = _transport.WaitSession.__init__
 
     def counting(self, *args, **kwargs) -> None:
-        built.append(1)
+        built.append(weakref.ref(self))
         original(self, *args, **kwargs)
 
     def sockets_to_fal() -> int:
@@ -384,3 +385,5 @@ def test_a_triggerer_loop_that_ends_closes_the_clients_its_waits_shared(flux_con
     assert len(built) == 2  # one for the two waits together, one for the wait after them
     assert sockets_to_fal() == before
     assert "Unclosed" not in logs()
+    # Nothing of ours keeps the ended loop or its clients alive: no session, no stream probe (a future of it).
+    assert [session() for session in built] == [None, None] and not _stream._PROBES
