@@ -2,6 +2,7 @@
 
     flock /tmp/heavy.lock .venv/bin/python benchmarks/bench_standalone.py          # N = 200, C = 4 (~5 min)
     flock /tmp/heavy.lock .venv/bin/python benchmarks/bench_standalone.py --c 1    # a deep queue (~12 min)
+    flock /tmp/heavy.lock .venv/bin/python benchmarks/bench_standalone.py --backlog 300  # the account busy (~12 min)
     flock /tmp/heavy.lock .venv/bin/python benchmarks/bench_standalone.py --n 50 --only after
 
 Issue 18: a deep-queued job must not hold a worker slot for the whole in-worker window. Per version, a fresh
@@ -9,7 +10,10 @@ Issue 18: a deep-queued job must not hold a worker slot for the whole in-worker 
 triggerer, its parallelism) runs one DAG (benchmarks/dags/bench_scale.py) that maps N tasks, every operator
 default (deferrable, ``defer_after`` 10 s, ``poll_interval`` 1 s), 64x64 images, against the fal-queue
 emulator in its own process with ``concurrency_limit`` C and jobs of ``run_seconds`` (no queue time of
-their own): the batch cannot end sooner than N x run / C. Versions:
+their own): the batch cannot end sooner than N x run / C. ``--backlog K``: just before the DAG run, K jobs of
+another client on the same key (fal's limit is the account's, across all its endpoints and users) fill
+fal's queue, so every task's job starts deep in it, as on a busy account; the floor is then (K + N) x run / C.
+Versions:
 
 - ``before``: the provider at ``--before-ref`` (5fe8c74, before the queue-aware waits), extracted with
   ``git archive`` and put first on every component's PYTHONPATH;
@@ -145,6 +149,18 @@ def peak_slots(d: Deployment, ti_ids: list[str]) -> int:
     return peak
 
 
+def fill_queue(url: str, png: bytes, jobs: int) -> None:
+    """``jobs`` submissions of another client on the benchmark's key, ahead of the DAG's (``--backlog``)."""
+    import base64
+
+    import httpx
+
+    image = "data:image/png;base64," + base64.b64encode(png).decode()
+    with httpx.Client(base_url=url, headers={"Authorization": f"Key {KEY}"}) as http:
+        for _ in range(jobs):
+            http.post("/fal-ai/flux-1/schnell/redux", json={"image_url": image}).raise_for_status()
+
+
 def run_version(name: str, ref: str | None, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer
     from airflow_flux_redux.emulator.images import sample_image
@@ -167,6 +183,7 @@ def run_version(name: str, ref: str | None, root: Path, args: argparse.Namespace
         }
         with Deployment(work / "deployment", dag_files=[DAG_FILE], env=env, dag_ids=[DAG_ID]) as d:
             print(f"{name}: airflow standalone up in {d.startup_seconds:.0f} s ({work})", flush=True)
+            fill_queue(emulator.url, image.read_bytes(), args.backlog)
             run_id = d.trigger(DAG_ID)
             d.wait_run(DAG_ID, run_id, ["success", "failed"], timeout=args.timeout)
             print(f"{name}: run ended after {time.monotonic() - started:.0f} s; collecting", flush=True)
@@ -184,7 +201,7 @@ def run_version(name: str, ref: str | None, root: Path, args: argparse.Namespace
         "ref": describe(ref),
         "imported": imported,
         "tasks": tasks,
-        "submissions": stats["submissions"],
+        "submissions": stats["submissions"] - args.backlog,
         "status_polls": sum(job["status_polls"] for job in stats["requests"].values()),
         "stream_opens": sum(job["stream_opens"] for job in stats["requests"].values()),
         "parallelism": parallelism,
@@ -207,7 +224,7 @@ def rows(result: dict[str, Any], args: argparse.Namespace) -> dict[str, str]:
     deep_slots = [t.first_phase_s for t in deep if t.first_phase_s is not None]
     starts = [t.start for t in tasks if t.start is not None]
     ends = [t.end for t in tasks if t.end is not None]
-    floor = args.n * args.run_seconds / args.c
+    floor = (args.backlog + args.n) * args.run_seconds / args.c
     wall = f"{max(ends) - min(starts):.0f} s" if starts and ends else "-"
     imported = result["imported"]
     return {
@@ -264,6 +281,7 @@ def main() -> None:
         help="queue position at submit from which a job is deep (default: the first whose job cannot finish within "
         "the operator's 10 s window, (10 - run) x C / run)",
     )
+    parser.add_argument("--backlog", type=int, default=0, help="jobs of another client queued ahead of the DAG's")
     parser.add_argument("--only", choices=["before", "after"], help="run one version")
     parser.add_argument("--before-ref", default="5fe8c74")
     parser.add_argument("--after-ref", help="a commit instead of the working tree")
@@ -281,7 +299,8 @@ def main() -> None:
         json.dumps([{**r, "tasks": [asdict(t) for t in r["tasks"]]} for r in results], indent=1, default=str)
     )
     print(
-        f"\nbench_standalone: N = {args.n}, C = {args.c}, jobs of {args.run_seconds} s (no queue time), 64x64, "
+        f"\nbench_standalone: N = {args.n}, C = {args.c}, backlog {args.backlog}, jobs of {args.run_seconds} s "
+        f"(no queue time), 64x64, "
         f"operator defaults; {os.cpu_count()} cores; {time.monotonic() - started:.0f} s in all; per task: "
         f"{root / 'tasks.json'}\n"
     )
