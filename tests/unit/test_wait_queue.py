@@ -262,6 +262,22 @@ def test_a_deep_queued_job_closes_the_in_worker_window_after_two_looks_the_submi
     assert not near.window_over() and near.left_window is None
 
 
+def test_in_the_window_a_deep_job_looks_every_poll_interval_until_the_window_decides() -> None:
+    """A worker slot is held until a look shows the pace: the window does not wait the queue's long first look."""
+    now = time.time()
+    url = fresh_queue("w")
+    window = WaitPolicy(request_id="w", status_url=url, until=now + 10, deadline=now + 3600, mode="poll")
+    window.saw_before(280, at=now)  # the submit's answer; at the fastest pace it could still end in ~5.6 s
+    assert not window.window_over()
+    assert window.first_delay() == pytest.approx(1.0)  # not half of 281 / FASTEST_DRAIN = 2.8 s
+    assert window.next_delay(queued(280)) == pytest.approx(1.0)  # the queue stood still: look again in 1 s
+    # The same job in the triggerer (no window): its looks are timed by the queue.
+    trigger = WaitPolicy(request_id="t", status_url=url.replace("/w/", "/t/"), deadline=now + 3600, mode="poll")
+    trigger.saw_before(280, at=now)
+    assert trigger.first_delay() == pytest.approx(0.5 * 281 / FASTEST_DRAIN, abs=0.05)
+    assert trigger.next_delay(queued(280)) == pytest.approx(0.5 * 281 / FASTEST_DRAIN)
+
+
 def test_a_job_too_deep_to_start_in_the_window_at_the_fastest_pace_closes_it_at_submit() -> None:
     now = time.time()
     wait = WaitPolicy(request_id="d", status_url=fresh_queue("d"), until=now + 10, deadline=now + 3600, mode="poll")
