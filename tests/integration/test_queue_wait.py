@@ -17,6 +17,7 @@ from airflow_flux_redux.emulator import EmulatorConfig, EmulatorServer
 from airflow_flux_redux.hooks.flux_redux import ASYNC_CLIENTS, FluxReduxHook
 from airflow_flux_redux.operators.flux_redux import FluxReduxOperator
 from airflow_flux_redux.triggers.flux_redux import FluxReduxTrigger
+from airflow_flux_redux.wait import LOOK_FRACTION, fastest_start
 from tests.conftest import API_KEY, connection_json, context
 
 if TYPE_CHECKING:
@@ -102,6 +103,25 @@ def test_the_submits_queue_position_is_the_first_look_so_one_poll_tells_the_pace
         FluxReduxOperator(task_id="deep", image_url=image_uri).execute(context())
     request_id = deferred.value.trigger.handle.request_id
     assert queue_conn.stats()["requests"][request_id]["status_polls"] == 1
+
+
+def test_a_fresh_worker_defers_a_deep_job_before_the_look_its_position_would_plan(
+    queue_conn, image_uri, monkeypatch
+) -> None:
+    # A busy new account (C = 2, real 1.5 s jobs) with 450 jobs queued ahead: at the fastest plausible pace the
+    # job could still end within the 10 s window, so the submit's answer alone does not close it, and the
+    # triggerer would first look only after half that start (~4.5 s). In the window the worker looks every
+    # poll_interval instead, learns the pace and frees its slot well before that look.
+    fill_queue(queue_conn, 450, image_uri)
+    monkeypatch.setattr("airflow_flux_redux.wait._DRAIN", {})  # a fresh worker process: no pace learnt yet
+    started = time.monotonic()
+    with pytest.raises(TaskDeferred) as deferred:
+        FluxReduxOperator(task_id="deep", image_url=image_uri).execute(context())
+    held = time.monotonic() - started
+    _, kwargs = deferred.value.trigger.serialize()
+    # The last look's position is at most the submit's, so the look planned from the submit came later still.
+    planned = LOOK_FRACTION * fastest_start(kwargs["queue_position"])
+    assert held < planned, f"held {held:.1f} s: the window waited the queue-planned first look ({planned:.1f} s)"
 
 
 def test_a_job_near_the_head_of_the_queue_still_finishes_in_the_worker(queue_conn, image_uri) -> None:
