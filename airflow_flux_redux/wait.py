@@ -462,12 +462,24 @@ class WaitPolicy:
         if position is not None:
             self._close_window_if_too_far(position)
 
+    @property
+    def window_end(self) -> float | None:
+        """The in-worker window's end (epoch), None when there is none or the deadline comes first."""
+        if self.until is None or (self.deadline is not None and self.deadline <= self.until):
+            return None
+        return self.until
+
+    @property
+    def window_open(self) -> bool:
+        """An in-worker window the queue has not closed (its end may be past: ``window_over``)."""
+        return self.window_end is not None and self.left_window is None
+
     def _close_window_if_too_far(self, position: int) -> None:
-        if self.until is None or self.left_window is not None or position == 0:
+        if self.until is None or not self.window_open or position == 0:
             return
         end = self.schedule.earliest_end(position)
         now = time.time()
-        if now + end > self.until and (self.deadline is None or self.until < self.deadline):
+        if now + end > self.until:
             self.left_window = f"queue position {position}, predicted to end in ~{end:.0f} s at the soonest"
             self.until = min(self.until, now)
 
@@ -478,11 +490,7 @@ class WaitPolicy:
         """While the in-worker window is open, a look every ``poll_interval`` at most: the looks there decide
         whether the job leaves the worker, and a fresh worker learns the queue's pace only from them (a job at
         position 280 would otherwise first look after 2.8 s, half its start at the fastest pace)."""
-        if self.until is None or self.left_window is not None:
-            return delay
-        if self.deadline is not None and self.deadline <= self.until:  # no window before the deadline
-            return delay
-        return min(delay, self.poll_interval)
+        return min(delay, self.poll_interval) if self.window_open else delay
 
     def first_delay(self) -> float:
         """Before the first look: a random part of ``poll_interval``, or, after a look taken before the wait
@@ -542,7 +550,8 @@ class WaitPolicy:
     def window_over(self, now: float | None = None) -> bool:
         """True when the waiter stopped for the window (leave the job running), not the deadline."""
         now = time.time() if now is None else now
-        return self.until is not None and now >= self.until and (self.deadline is None or self.until < self.deadline)
+        end = self.window_end
+        return end is not None and now >= end
 
     def sleep_for(self, delay: float, now: float | None = None) -> float:
         """``delay`` stretched to the next step of the shared wake grid, or cut short to wake when the waiter
